@@ -1,0 +1,1 @@
+//! palisade-digest (placeholder, being written).

@@ -1,0 +1,1 @@
+//! palisade-email (placeholder, being written).

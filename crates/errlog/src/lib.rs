@@ -1,0 +1,1 @@
+//! palisade-errlog (placeholder, being written).

@@ -1,0 +1,1 @@
+//! palisade-firewall (placeholder, being written).

@@ -1,0 +1,1 @@
+//! palisade-metrics (placeholder, being written).

@@ -1,0 +1,1 @@
+//! palisade-server (placeholder, being written).

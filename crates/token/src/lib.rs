@@ -1,0 +1,1 @@
+//! palisade-token (placeholder, being written).

@@ -1,0 +1,1 @@
+//! palisade-transport (placeholder, being written).
