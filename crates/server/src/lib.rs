@@ -1,1 +1,33 @@
-//! palisade-server (placeholder, being written).
+//! Palisade's server: the thin composition of the leaf crates into the guide's two WebSocket
+//! endpoints (echo and secure), the session registry and the admin listener; binary `palisade`.
+//!
+//! - [`config::Config`]: the TOML configuration (docs/configuration.md), secure by default.
+//! - [`server::Server`]: binds and runs everything; [`server::Server::shutdown`] closes with 1001.
+//! - [`app::Handler`]: your logic for data messages; [`app::Echo`] is the default.
+//! - [`sessions::SessionRegistry`]: authenticated sessions; push to users, revoke sessions.
+//!
+//! Logic that belongs to a leaf crate (token checks, firewall decisions, counting, framing)
+//! lives there; this crate wires them together and decides what to log.
+//!
+//! ```no_run
+//! use palisade_server::{app::Echo, config::Config, server::Server};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let mut config = Config::default();
+//! config.auth.secret = Some(palisade_server::config::SecretString("x".repeat(32)));
+//! let server = Server::start(&config, Echo).await?;
+//! println!("echo on {:?}", server.echo_addr);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod app;
+pub mod config;
+pub mod server;
+pub mod sessions;
+
+mod admin;
+mod endpoints;
+
+pub use endpoints::replies;

@@ -1,0 +1,158 @@
+//! The admin HTTP listener: health, Prometheus metrics, sessions and bans.
+//!
+//! Every route but `/healthz` requires `Authorization: Bearer <admin token>` when
+//! `admin.token_file` is set. Keep the listener on loopback or a private network.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use palisade_firewall::Firewall;
+use palisade_metrics::Metrics;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::sessions::SessionRegistry;
+
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub(crate) sessions: SessionRegistry,
+    pub(crate) firewall: Firewall,
+    pub(crate) metrics: Metrics,
+    pub(crate) token: Option<Arc<Vec<u8>>>,
+    pub(crate) ban_duration: Duration,
+}
+
+pub(crate) async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let app = router(state);
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    if let Err(e) = result {
+        tracing::error!(endpoint = "admin", kind = "io", error = %e, "admin listener failed");
+    }
+}
+
+fn router(state: AdminState) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/stats", get(stats))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", delete(revoke_session))
+        .route("/users/{user_id}/sessions", delete(revoke_user))
+        .route("/bans", get(list_bans).post(add_ban))
+        .route("/bans/{ip}", delete(lift_ban))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
+}
+
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        // Compare digests so neither the length nor the content leaks through timing.
+        let ok = palisade_digest::sha256(given.as_bytes()) == palisade_digest::sha256(expected.as_slice());
+        if !ok {
+            tracing::warn!(endpoint = "admin", kind = "admin_auth", path = %req.uri().path(), "admin call refused: missing or wrong bearer token");
+            return (StatusCode::UNAUTHORIZED, "missing or wrong admin bearer token\n").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = state.metrics.encode();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}
+
+async fn stats(State(state): State<AdminState>) -> Response {
+    Json(state.metrics.snapshot()).into_response()
+}
+
+async fn list_sessions(State(state): State<AdminState>) -> Response {
+    Json(state.sessions.list()).into_response()
+}
+
+async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    let found = state.sessions.list().into_iter().find(|s| s.id.as_str() == id).map(|s| s.id);
+    match found {
+        Some(id) if state.sessions.revoke(&id) => {
+            tracing::info!(endpoint = "admin", session = %id, "session revoked");
+            (StatusCode::OK, Json(Revoked { revoked: 1 })).into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "no such session\n").into_response(),
+    }
+}
+
+async fn revoke_user(State(state): State<AdminState>, Path(user_id): Path<String>) -> Response {
+    let n = state.sessions.revoke_user(&user_id);
+    tracing::info!(endpoint = "admin", user_id = %user_id, sessions = n, "user sessions revoked");
+    Json(Revoked { revoked: n }).into_response()
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    revoked: usize,
+}
+
+#[derive(Serialize)]
+struct BanView {
+    ip: IpAddr,
+    remaining_secs: u64,
+}
+
+async fn list_bans(State(state): State<AdminState>) -> Response {
+    let bans: Vec<BanView> = state
+        .firewall
+        .bans(Instant::now())
+        .into_iter()
+        .map(|(ip, left)| BanView { ip, remaining_secs: left.as_secs() })
+        .collect();
+    Json(bans).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanRequest {
+    ip: IpAddr,
+    secs: Option<u64>,
+}
+
+async fn add_ban(State(state): State<AdminState>, body: Result<Json<BanRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("expected {{\"ip\": \"192.0.2.1\", \"secs\": 600}}: {e}\n"))
+                .into_response();
+        }
+    };
+    let duration = req.secs.map(Duration::from_secs).unwrap_or(state.ban_duration);
+    state.firewall.ban(req.ip, duration, Instant::now());
+    state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
+    tracing::warn!(endpoint = "admin", client_ip = %req.ip, ban_secs = duration.as_secs(), "address banned by admin");
+    (StatusCode::CREATED, Json(BanView { ip: req.ip, remaining_secs: duration.as_secs() })).into_response()
+}
+
+async fn lift_ban(State(state): State<AdminState>, Path(ip): Path<String>) -> Response {
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return (StatusCode::BAD_REQUEST, "not an IP address\n").into_response();
+    };
+    if state.firewall.unban(ip) {
+        state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
+        tracing::info!(endpoint = "admin", client_ip = %ip, "ban lifted");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no ban for that address\n").into_response()
+    }
+}

@@ -1,0 +1,383 @@
+//! The server's configuration: TOML with secure defaults, unknown keys refused, environment
+//! overrides, and validation that names the key and what is expected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// The whole configuration. Every key and default is documented in docs/configuration.md.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The echo endpoint.
+    pub echo: EchoConfig,
+    /// The authenticated endpoint.
+    pub secure: SecureConfig,
+    /// The admin HTTP listener.
+    pub admin: AdminConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Limits and timeouts.
+    pub limits: LimitsConfig,
+    /// IP rules, rate limits, bans and origins.
+    pub firewall: FirewallSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `[echo]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EchoConfig {
+    /// Turn the endpoint off with `false`.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Text put before every echoed message.
+    pub prefix: String,
+}
+
+/// `[secure]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecureConfig {
+    /// Turn the endpoint off with `false`.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Seconds a client has to send its token.
+    pub auth_timeout_secs: u64,
+    /// Concurrent sessions one user may hold (0: no cap).
+    pub max_sessions_per_user: usize,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Turn the admin listener off with `false`.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// File holding a bearer token required for every admin call except `/healthz`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// File with the HMAC secret (HS*), at least 32 bytes.
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key to verify (RS256, ES256, EdDSA).
+    pub public_key_file: Option<PathBuf>,
+    /// PEM private key, only for minting with `palisade token`.
+    pub private_key_file: Option<PathBuf>,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Required `typ` header, when set (e.g. `at+jwt`).
+    pub typ: Option<String>,
+    /// Longest token accepted, in bytes.
+    pub max_token_bytes: usize,
+    /// The HMAC secret itself, from `PALISADE_JWT_SECRET` (never from the file).
+    #[serde(skip)]
+    pub secret: Option<SecretString>,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message accepted from a client, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// Seconds allowed for the TCP-to-upgrade handshake.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any frame from the client before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds between pings (0: no pings).
+    pub ping_interval_secs: u64,
+    /// Open connections, all endpoints together.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// Messages that may wait for a slow client before it is closed.
+    pub outbound_queue: usize,
+    /// Seconds one write may block on a client that does not read.
+    pub write_timeout_secs: u64,
+    /// Seconds to wait for connections to close at shutdown.
+    pub drain_timeout_secs: u64,
+}
+
+/// `[firewall]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallSection {
+    /// CIDRs allowed to connect (empty: all).
+    pub allow: Vec<String>,
+    /// CIDRs refused (wins over `allow`).
+    pub deny: Vec<String>,
+    /// Handshakes per second per client address (0: unlimited).
+    pub handshake_rate_per_sec: u32,
+    /// Handshake burst per client address.
+    pub handshake_burst: u32,
+    /// Messages per second per connection (0: unlimited).
+    pub message_rate_per_sec: u32,
+    /// Message burst per connection.
+    pub message_burst: u32,
+    /// Failed authentications that ban an address (0: never).
+    pub ban_after_failures: u32,
+    /// Window in which those failures count, in seconds.
+    pub ban_window_secs: u64,
+    /// How long a ban lasts, in seconds.
+    pub ban_secs: u64,
+    /// Allowed `Origin` values and `https://*.example.com` patterns.
+    pub allowed_origins: Vec<String>,
+    /// Refuse handshakes without an `Origin` header.
+    pub require_origin: bool,
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` headers are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Folder of `websocket_errors.log`.
+    pub dir: PathBuf,
+    /// Console level: an `EnvFilter` directive such as `info` or `palisade=debug,info`.
+    pub level: String,
+    /// Console format: `text` or `json`.
+    pub format: String,
+    /// Size at which the error log rotates.
+    pub max_file_bytes: u64,
+    /// Rotated error-log files kept.
+    pub max_files: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            echo: EchoConfig::default(),
+            secure: SecureConfig::default(),
+            admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            firewall: FirewallSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for EchoConfig {
+    fn default() -> EchoConfig {
+        EchoConfig { enabled: true, listen: ([127, 0, 0, 1], 8765).into(), prefix: "Server received: ".into() }
+    }
+}
+
+impl Default for SecureConfig {
+    fn default() -> SecureConfig {
+        SecureConfig {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 8888).into(),
+            auth_timeout_secs: 10,
+            max_sessions_per_user: 16,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig { enabled: true, listen: ([127, 0, 0, 1], 9100).into(), token_file: None }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            algorithm: "HS256".into(),
+            secret_file: None,
+            public_key_file: None,
+            private_key_file: None,
+            require_exp: true,
+            leeway_secs: 30,
+            issuer: None,
+            audience: None,
+            typ: None,
+            max_token_bytes: 8 * 1024,
+            secret: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            ping_interval_secs: 20,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            outbound_queue: 256,
+            write_timeout_secs: 10,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for FirewallSection {
+    fn default() -> FirewallSection {
+        FirewallSection {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            handshake_rate_per_sec: 50,
+            handshake_burst: 100,
+            message_rate_per_sec: 1000,
+            message_burst: 2000,
+            ban_after_failures: 10,
+            ban_window_secs: 60,
+            ban_secs: 900,
+            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+            require_origin: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> LogSection {
+        LogSection {
+            dir: PathBuf::from("."),
+            level: "info".into(),
+            format: "text".into(),
+            max_file_bytes: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// A secret that never prints: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+/// Environment variables the server reads (only the server reads the environment).
+pub mod env {
+    /// The HMAC secret itself; wins over `auth.secret_file`.
+    pub const JWT_SECRET: &str = "PALISADE_JWT_SECRET";
+    /// Console log level; wins over `log.level`.
+    pub const LOG_LEVEL: &str = "PALISADE_LOG_LEVEL";
+    /// Error-log folder; wins over `log.dir`.
+    pub const LOG_DIR: &str = "PALISADE_LOG_DIR";
+}
+
+impl Config {
+    /// Parses TOML text. Unknown keys and wrongly typed values are errors that name the key.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Applies environment overrides from `vars` (pass `std::env::vars()`).
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        for (k, v) in vars {
+            match k.as_str() {
+                env::JWT_SECRET => self.auth.secret = Some(SecretString(v)),
+                env::LOG_LEVEL => self.log.level = v,
+                env::LOG_DIR => self.log.dir = PathBuf::from(v),
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks values that parse but make no sense, naming the key and what is expected.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.limits;
+        positive("limits.max_message_bytes", l.max_message_bytes as u64)?;
+        positive("limits.max_frame_bytes", l.max_frame_bytes as u64)?;
+        if l.max_frame_bytes > l.max_message_bytes {
+            bail!(
+                "limits.max_frame_bytes ({}) must not exceed limits.max_message_bytes ({})",
+                l.max_frame_bytes,
+                l.max_message_bytes
+            );
+        }
+        positive("limits.handshake_timeout_secs", l.handshake_timeout_secs)?;
+        positive("limits.idle_timeout_secs", l.idle_timeout_secs)?;
+        positive("limits.max_connections", l.max_connections as u64)?;
+        positive("limits.max_connections_per_ip", l.max_connections_per_ip as u64)?;
+        positive("limits.outbound_queue", l.outbound_queue as u64)?;
+        positive("limits.write_timeout_secs", l.write_timeout_secs)?;
+        positive("secure.auth_timeout_secs", self.secure.auth_timeout_secs)?;
+        if l.ping_interval_secs > 0 && l.ping_interval_secs >= l.idle_timeout_secs {
+            bail!(
+                "limits.ping_interval_secs ({}) must be shorter than limits.idle_timeout_secs ({}), \
+                 or 0 to turn pings off",
+                l.ping_interval_secs,
+                l.idle_timeout_secs
+            );
+        }
+        if self.auth.leeway_secs > 300 {
+            bail!("auth.leeway_secs ({}) is too large: expected at most 300 (30 is usual)", self.auth.leeway_secs);
+        }
+        positive("auth.max_token_bytes", self.auth.max_token_bytes as u64)?;
+        match self.log.format.as_str() {
+            "text" | "json" => {}
+            other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),
+        }
+        positive("log.max_files", self.log.max_files as u64)?;
+        positive("log.max_file_bytes", self.log.max_file_bytes)?;
+        Ok(())
+    }
+
+    /// The transport's limits from this configuration.
+    pub fn transport(&self) -> palisade_transport::TransportConfig {
+        let l = &self.limits;
+        let mut t = palisade_transport::TransportConfig::secure_defaults();
+        t.max_message_bytes = l.max_message_bytes;
+        t.max_frame_bytes = l.max_frame_bytes;
+        t.handshake_timeout = Duration::from_secs(l.handshake_timeout_secs);
+        t.idle_timeout = Duration::from_secs(l.idle_timeout_secs);
+        t.ping_interval = Duration::from_secs(l.ping_interval_secs);
+        t.outbound_queue = l.outbound_queue;
+        t.write_timeout = Duration::from_secs(l.write_timeout_secs);
+        t
+    }
+}
+
+fn positive(key: &str, value: u64) -> anyhow::Result<()> {
+    if value == 0 {
+        bail!("{key} must be greater than 0");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,64 @@
+//! Config parsing: defaults, unknown keys and bad values are refused with the key's name.
+
+use super::Config;
+
+#[track_caller]
+fn check_err(toml: &str, expected: &str) {
+    let err = format!("{:#}", Config::from_toml(toml).unwrap_err());
+    assert!(err.contains(expected), "error {err:?} does not mention {expected:?}");
+}
+
+#[test]
+fn empty_file_gives_secure_defaults() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.echo.listen.to_string(), "127.0.0.1:8765");
+    assert_eq!(c.secure.listen.to_string(), "127.0.0.1:8888");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.auth.algorithm, "HS256");
+    assert!(c.auth.require_exp);
+    assert_eq!(c.limits.max_message_bytes, 65536);
+    assert_eq!(c.echo.prefix, "Server received: ");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name() {
+    check_err("[limits]\nmax_mesage_bytes = 10\n", "max_mesage_bytes");
+    check_err("[nope]\n", "nope");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    check_err("[limits]\nmax_message_bytes = \"big\"\n", "max_message_bytes");
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    check_err("[echo]\nlisten = \"localhost\"\n", "listen");
+}
+
+#[test]
+fn zero_limits_are_refused() {
+    check_err("[limits]\nmax_connections = 0\n", "limits.max_connections must be greater than 0");
+}
+
+#[test]
+fn frame_larger_than_message_is_refused() {
+    check_err("[limits]\nmax_frame_bytes = 100000\n", "limits.max_frame_bytes");
+}
+
+#[test]
+fn unknown_log_format_is_refused() {
+    check_err("[log]\nformat = \"xml\"\n", "log.format");
+}
+
+#[test]
+fn ping_must_be_shorter_than_idle() {
+    check_err("[limits]\nping_interval_secs = 60\nidle_timeout_secs = 30\n", "ping_interval_secs");
+}
+
+#[test]
+fn env_overrides_log_level() {
+    let mut c = Config::from_toml("").unwrap();
+    c.apply_env([("PALISADE_LOG_LEVEL".to_string(), "debug".to_string())]);
+    assert_eq!(c.log.level, "debug");
+}

@@ -1,0 +1,407 @@
+//! The echo and secure endpoints: firewall at accept and handshake, the guide's authentication
+//! exchange on the secure endpoint, and one log line and metric per way a connection ends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{HeaderValue, StatusCode};
+use palisade_digest::Fingerprint;
+use palisade_firewall::{ConnectionPermit, Decision, DenyReason, Firewall, MessageLimiter};
+use palisade_metrics::{EndpointMetrics, Metrics};
+use palisade_token::{Claims, TokenCodec, TokenError};
+use palisade_transport::{
+    Accept, Close, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest, Message, Outcome,
+    Refusal, Rejection, close_code,
+};
+
+use crate::app::{Handler, Peer};
+use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
+
+/// The seed's replies on the secure endpoint.
+pub mod replies {
+    /// Sent after a valid token.
+    pub const AUTHENTICATED: &str = "Authenticated!";
+    /// Sent when the token has expired (at authentication or during the session).
+    pub const TOKEN_EXPIRED: &str = "Token Expired";
+    /// Sent for any other bad token.
+    pub const INVALID_TOKEN: &str = "Invalid Token";
+}
+
+/// State shared by every connection of a server.
+pub(crate) struct State<H> {
+    pub(crate) app: Arc<H>,
+    pub(crate) codec: Option<TokenCodec>,
+    pub(crate) sessions: SessionRegistry,
+    pub(crate) firewall: Firewall,
+    pub(crate) metrics: Metrics,
+    pub(crate) echo_prefix: Arc<str>,
+    pub(crate) auth_timeout: Duration,
+    /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
+    noisy_log: DefaultDirectRateLimiter,
+}
+
+impl<H> State<H> {
+    pub(crate) fn new(
+        app: Arc<H>,
+        codec: Option<TokenCodec>,
+        sessions: SessionRegistry,
+        firewall: Firewall,
+        metrics: Metrics,
+        echo_prefix: &str,
+        auth_timeout: Duration,
+    ) -> State<H> {
+        let per_sec = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
+        State {
+            app,
+            codec,
+            sessions,
+            firewall,
+            metrics,
+            echo_prefix: echo_prefix.into(),
+            auth_timeout,
+            noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
+        }
+    }
+
+    fn may_log_noisy(&self) -> bool {
+        self.noisy_log.check().is_ok()
+    }
+}
+
+/// Which endpoint a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Echo,
+    Secure,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Echo => "echo",
+            Kind::Secure => "secure",
+        }
+    }
+}
+
+/// One listener's endpoint.
+pub(crate) struct WsEndpoint<H> {
+    pub(crate) kind: Kind,
+    pub(crate) state: Arc<State<H>>,
+    pub(crate) metrics: EndpointMetrics,
+}
+
+impl<H: Handler> Endpoint for WsEndpoint<H> {
+    type Admission = ConnectionPermit;
+    type Handler = Conn<H>;
+
+    fn admit(&self, peer: SocketAddr) -> Result<ConnectionPermit, Refusal> {
+        match self.state.firewall.admit(peer.ip(), Instant::now()) {
+            Ok(permit) => Ok(permit),
+            Err(reason) => {
+                self.refused(peer, peer.ip(), reason);
+                match reason {
+                    DenyReason::TooManyConnections | DenyReason::TooManyConnectionsFromIp => {
+                        Err(Refusal::Http(Rejection::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "server over capacity; try again later",
+                        )))
+                    }
+                    _ => Err(Refusal::Drop),
+                }
+            }
+        }
+    }
+
+    fn handshake(
+        &self,
+        info: &ConnInfo,
+        _permit: &ConnectionPermit,
+        req: &HandshakeRequest,
+    ) -> Result<(Accept, Conn<H>), Rejection> {
+        let fw = &self.state.firewall;
+        let headers = req.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let client_ip = fw.client_ip(info.peer.ip(), header("x-forwarded-for"), header("forwarded"));
+        match fw.check_handshake_rate(client_ip, Instant::now()) {
+            Decision::Allow => {}
+            Decision::Throttle { retry_after } => {
+                self.refused(info.peer, client_ip, DenyReason::RateLimited);
+                let mut r = Rejection::new(StatusCode::TOO_MANY_REQUESTS, "too many handshakes; slow down");
+                let secs = retry_after.as_secs().max(1).to_string();
+                if let Ok(v) = HeaderValue::from_str(&secs) {
+                    r.headers.insert(http::header::RETRY_AFTER, v);
+                }
+                return Err(r);
+            }
+            Decision::Deny(reason) => {
+                self.refused(info.peer, client_ip, reason);
+                return Err(Rejection::new(StatusCode::FORBIDDEN, "forbidden"));
+            }
+        }
+        if let Some(reason) = fw.check_origin(header("origin")).deny_reason() {
+            self.refused(info.peer, client_ip, reason);
+            return Err(Rejection::new(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        let mut conn = Conn {
+            kind: self.kind,
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            limiter: fw.message_limiter(),
+            peer: Peer {
+                conn: info.clone(),
+                client_ip,
+                session: None,
+                echo_prefix: self.state.echo_prefix.clone(),
+            },
+            auth: match self.kind {
+                Kind::Echo => Auth::Open,
+                Kind::Secure => Auth::Waiting,
+            },
+        };
+        if self.kind == Kind::Secure {
+            let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+            if let Some(token) = bearer {
+                match conn.verify(token) {
+                    Ok(claims) => conn.auth = Auth::FromHeader(claims),
+                    Err(e) => {
+                        let body = if e.is_expired() { "token expired" } else { "invalid token" };
+                        return Err(Rejection::new(StatusCode::UNAUTHORIZED, body));
+                    }
+                }
+            }
+        }
+        Ok((Accept::default(), conn))
+    }
+
+    fn handshake_failed(&self, info: &ConnInfo, error: &HandshakeError) {
+        let endpoint = self.kind.name();
+        match error {
+            // Counted where they were decided.
+            HandshakeError::Refused(_) | HandshakeError::NotAdmitted(_) => {}
+            HandshakeError::PeerVanished | HandshakeError::Io(_) => {
+                self.state.metrics.handshake_refused(endpoint, error.kind());
+                tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, kind = error.kind(), "handshake abandoned");
+            }
+            _ => {
+                self.state.metrics.handshake_refused(endpoint, error.kind());
+                if self.state.may_log_noisy() {
+                    tracing::warn!(conn = %info.id, peer = %info.peer, endpoint, kind = error.kind(), error = %error, "handshake failed");
+                }
+            }
+        }
+    }
+}
+
+impl<H> WsEndpoint<H> {
+    fn refused(&self, peer: SocketAddr, client_ip: IpAddr, reason: DenyReason) {
+        let endpoint = self.kind.name();
+        self.state.metrics.handshake_refused(endpoint, reason.as_str());
+        if self.state.may_log_noisy() {
+            tracing::warn!(peer = %peer, client_ip = %client_ip, endpoint, kind = reason.as_str(), "connection refused");
+        }
+    }
+}
+
+/// Where a connection stands with authentication.
+enum Auth {
+    /// The echo endpoint: no authentication.
+    Open,
+    /// Secure endpoint, waiting for the first message to carry the token.
+    Waiting,
+    /// Secure endpoint, token accepted from the `Authorization` header at the handshake.
+    FromHeader(Claims),
+    /// Secure endpoint, session running.
+    Session { id: SessionId, expires_at: Option<u64> },
+}
+
+/// One connection's logic, on either endpoint.
+pub(crate) struct Conn<H> {
+    kind: Kind,
+    state: Arc<State<H>>,
+    metrics: EndpointMetrics,
+    limiter: MessageLimiter,
+    peer: Peer,
+    auth: Auth,
+}
+
+impl<H: Handler> Conn<H> {
+    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let codec = self.state.codec.as_ref().ok_or(TokenError::UnknownKey)?;
+        let result = codec.decode(token, unix_now());
+        let endpoint = self.kind.name();
+        let fp = Fingerprint::of(token.as_bytes());
+        match &result {
+            Ok(claims) => {
+                self.state.metrics.auth(endpoint, "ok");
+                tracing::info!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, user_id = %claims.user_id, token = %fp, "authenticated");
+            }
+            Err(e) => {
+                let outcome = if e.is_expired() { "expired" } else { "invalid" };
+                self.state.metrics.auth(endpoint, outcome);
+                tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, kind = e.kind(), token = %fp, error = %e, "authentication failed");
+                if let Some(ban) = self.state.firewall.record_auth_failure(self.peer.client_ip, Instant::now()) {
+                    tracing::warn!(client_ip = %self.peer.client_ip, ban_secs = ban.as_secs(), "address banned after repeated authentication failures");
+                }
+            }
+        }
+        result
+    }
+
+    /// Starts the session: registry, deadline at token expiry, `Authenticated!`.
+    fn start_session(&mut self, claims: Claims, ctx: &mut Context) -> Result<(), Close> {
+        let leeway = self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0);
+        let expires_at = claims.exp.map(|e| e.saturating_add(leeway));
+        let info = SessionInfo {
+            id: SessionId::random(),
+            user_id: claims.user_id.clone(),
+            conn: self.peer.conn.id,
+            peer: self.peer.conn.peer,
+            endpoint: self.kind.name().to_string(),
+            started: unix_now(),
+            expires: claims.exp,
+        };
+        if let Err(e) = self.state.sessions.register(info.clone(), ctx.handle()) {
+            tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", error = %e, "session refused");
+            return Err(Close::policy("too many sessions for this user"));
+        }
+        self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
+        ctx.set_deadline(expires_at.map(deadline_for));
+        ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
+        self.auth = Auth::Session { id: info.id.clone(), expires_at };
+        self.state.app.on_session_start(&info, &self.state.sessions);
+        self.peer.session = Some(info);
+        Ok(())
+    }
+
+    fn log_outcome(&self, outcome: &Outcome) {
+        let info = &self.peer.conn;
+        let endpoint = self.kind.name();
+        let user_id = self.peer.session.as_ref().map(|s| s.user_id.as_str()).unwrap_or("-");
+        if let Some(code) = outcome.close_code_sent() {
+            self.state.metrics.close_sent(endpoint, code);
+        }
+        match outcome {
+            Outcome::PeerClosed { code, reason } => {
+                tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = code.unwrap_or(close_code::NORMAL), reason = %reason, "closed by client");
+            }
+            Outcome::ServerClosed(close) => match close.code {
+                close_code::NORMAL => {
+                    tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = close.code, "closed");
+                }
+                close_code::GOING_AWAY => {
+                    tracing::info!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = close.code, reason = %close.reason, "closed: going away");
+                }
+                close_code::POLICY_VIOLATION | close_code::TRY_AGAIN_LATER => {
+                    tracing::warn!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = "policy", close_code = close.code, reason = %close.reason, "closed by policy");
+                }
+                _ => {
+                    tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = "server", close_code = close.code, reason = %close.reason, "closed with error");
+                }
+            },
+            Outcome::Failed { error, close } => {
+                self.state.metrics.error(endpoint, error.kind());
+                let code = close.as_ref().map(|c| c.code);
+                if matches!(error, palisade_transport::ConnError::PeerVanished) && !self.state.may_log_noisy() {
+                    return;
+                }
+                tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = ?code, error = %error, "connection error");
+            }
+        }
+    }
+}
+
+fn deadline_for(unix_secs: u64) -> Instant {
+    let now = unix_now();
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
+}
+
+impl<H: Handler> palisade_transport::Handler for Conn<H> {
+    async fn on_open(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        self.metrics.connection_opened();
+        match std::mem::replace(&mut self.auth, Auth::Open) {
+            Auth::FromHeader(claims) => self.start_session(claims, ctx),
+            Auth::Waiting => {
+                self.auth = Auth::Waiting;
+                ctx.set_deadline(Some(Instant::now() + self.state.auth_timeout));
+                Ok(())
+            }
+            other => {
+                self.auth = other;
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message, ctx: &mut Context) -> Result<(), Close> {
+        self.metrics.message_in(msg.len());
+        if !self.limiter.check(Instant::now()).is_allow() {
+            return Err(Close::policy("rate limit exceeded"));
+        }
+        match &self.auth {
+            Auth::Waiting => {
+                let token = match &msg {
+                    Message::Text(t) => t.trim(),
+                    Message::Binary(_) => "",
+                };
+                match self.verify(token) {
+                    Ok(claims) => self.start_session(claims, ctx),
+                    Err(e) if e.is_expired() => {
+                        ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
+                        Err(Close::policy("token expired"))
+                    }
+                    Err(_) => {
+                        ctx.send(Message::Text(replies::INVALID_TOKEN.into()))?;
+                        Err(Close::policy("invalid token"))
+                    }
+                }
+            }
+            Auth::Open | Auth::Session { .. } => {
+                let app = self.state.app.clone();
+                app.on_message(&self.peer, msg, ctx).await
+            }
+            Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
+        }
+    }
+
+    async fn on_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        match &self.auth {
+            Auth::Waiting => {
+                self.state.metrics.auth(self.kind.name(), "timeout");
+                Err(Close::policy("authentication timeout"))
+            }
+            Auth::Session { expires_at: Some(at), .. } => {
+                if unix_now() < *at {
+                    // Woken early (clock adjustment): sleep again until the real expiry.
+                    ctx.set_deadline(Some(deadline_for(*at)));
+                    return Ok(());
+                }
+                ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
+                Err(Close::policy("token expired"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_sent(&mut self, messages: usize, bytes: usize) {
+        for _ in 0..messages.saturating_sub(1) {
+            self.metrics.message_out(0);
+        }
+        self.metrics.message_out(bytes);
+    }
+
+    fn on_close(&mut self, _info: &ConnInfo, outcome: &Outcome) {
+        self.metrics.connection_closed();
+        self.log_outcome(outcome);
+        if let Auth::Session { id, .. } = &self.auth {
+            self.state.sessions.unregister(id);
+            self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
+            if let Some(info) = &self.peer.session {
+                self.state.app.on_session_end(info, &self.state.sessions);
+            }
+        }
+    }
+}

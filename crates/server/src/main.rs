@@ -1,0 +1,146 @@
+//! The `palisade` binary: run the server, or mint a token for testing.
+
+#![allow(clippy::print_stdout)] // The binary talks to a person (and to tests) on stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use palisade_errlog::{LogConfig, LogFormat};
+use palisade_server::app::Echo;
+use palisade_server::config::Config;
+use palisade_server::server::Server;
+
+/// Palisade: a secure, robust WebSocket server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (every key is optional; see docs/configuration.md).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Run,
+    /// Print a token signed with the configured key.
+    Token {
+        /// The `user_id` claim.
+        #[arg(long)]
+        user_id: String,
+        /// Lifetime, e.g. `90s`, `15m`, `1h`, `2d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// An optional `email` claim (validated).
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Check the configuration and exit.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    config.apply_env(std::env::vars());
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config.as_ref())?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => serve(config),
+        Command::Check => {
+            palisade_server::server::check(&config)?;
+            println!("configuration ok");
+            Ok(())
+        }
+        Command::Token { user_id, ttl, email } => {
+            let ttl = parse_ttl(&ttl)?;
+            let token = palisade_server::server::mint(&config, &user_id, ttl, email.as_deref())?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 90s, 15m, 1h, 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--ttl {s:?}: unknown unit {unit:?}; use s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let format: LogFormat = config.log.format.parse().map_err(|e| anyhow::anyhow!("log.format: {e}"))?;
+    let log = palisade_errlog::init(&LogConfig {
+        level: config.log.level.clone(),
+        format,
+        dir: Some(config.log.dir.clone()),
+        max_file_bytes: config.log.max_file_bytes,
+        max_files: config.log.max_files,
+    })
+    .context("cannot set up logging (log.dir, log.level)")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = Server::start(&config, Echo).await?;
+        for (name, addr) in [("echo", server.echo_addr), ("secure", server.secure_addr)] {
+            if let Some(a) = addr {
+                println!("palisade: {name} listening on ws://{a}/");
+            }
+        }
+        if let Some(a) = server.admin_addr {
+            println!("palisade: admin listening on http://{a}/");
+        }
+        if let Some(p) = log.error_log_path() {
+            println!("palisade: errors are logged to {}", p.display());
+        }
+        tracing::info!("palisade started");
+        wait_for_signal().await?;
+        tracing::info!("shutting down: closing connections with 1001");
+        let drained = server.shutdown().await;
+        if !drained {
+            tracing::warn!("drain timeout reached with connections still open");
+        }
+        tracing::info!("palisade stopped");
+        anyhow::Ok(())
+    })?;
+    drop(log);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Composition: build the token codec, firewall and metrics from the configuration, bind the
+//! listeners, run them, and shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use palisade_firewall::{Firewall, FirewallConfig};
+use palisade_metrics::Metrics;
+use palisade_token::{Algorithm, Key, TokenCodec, TokenConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::Handler;
+use crate::config::Config;
+use crate::endpoints::{Kind, State, WsEndpoint};
+use crate::sessions::SessionRegistry;
+use crate::{admin, config};
+
+/// A running server: its bound addresses and the handles to stop it.
+pub struct Server {
+    /// The echo endpoint's address, when enabled.
+    pub echo_addr: Option<SocketAddr>,
+    /// The secure endpoint's address, when enabled.
+    pub secure_addr: Option<SocketAddr>,
+    /// The admin listener's address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The session registry (push to users, revoke sessions).
+    pub sessions: SessionRegistry,
+    /// The firewall (bans, counts).
+    pub firewall: Firewall,
+    /// Traffic counters.
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    drain: Duration,
+}
+
+impl Server {
+    /// Builds everything from `config`, binds every enabled listener and starts serving.
+    /// Errors name what is wrong (key, file, address) and what to do.
+    pub async fn start<H: Handler>(config: &Config, app: H) -> anyhow::Result<Server> {
+        config.validate()?;
+        let codec = if config.secure.enabled { Some(token_codec(&config.auth)?) } else { None };
+        let firewall = Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+        let metrics = Metrics::new();
+        let sessions = SessionRegistry::new(config.secure.max_sessions_per_user);
+        let state = Arc::new(State::new(
+            Arc::new(app),
+            codec,
+            sessions.clone(),
+            firewall.clone(),
+            metrics.clone(),
+            &config.echo.prefix,
+            Duration::from_secs(config.secure.auth_timeout_secs),
+        ));
+        let transport = Arc::new(config.transport());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let mut addrs = [None, None];
+        for (slot, (kind, enabled, listen)) in addrs.iter_mut().zip([
+            (Kind::Echo, config.echo.enabled, config.echo.listen),
+            (Kind::Secure, config.secure.enabled, config.secure.listen),
+        ]) {
+            if !enabled {
+                continue;
+            }
+            let listener = bind(listen, &format!("{}.listen", kind.name())).await?;
+            *slot = Some(listener.local_addr()?);
+            let endpoint =
+                Arc::new(WsEndpoint { kind, state: state.clone(), metrics: metrics.endpoint(kind.name()) });
+            let serve = palisade_transport::serve(
+                listener,
+                kind.name(),
+                endpoint,
+                transport.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            );
+            tracker.spawn(serve);
+        }
+
+        let admin_addr = if config.admin.enabled {
+            let listener = bind(config.admin.listen, "admin.listen").await?;
+            let addr = listener.local_addr()?;
+            let admin_token = match &config.admin.token_file {
+                Some(path) => Some(read_secret(path, "admin.token_file")?),
+                None => None,
+            };
+            let admin_state = admin::AdminState {
+                sessions: sessions.clone(),
+                firewall: firewall.clone(),
+                metrics: metrics.clone(),
+                token: admin_token.map(Arc::new),
+                ban_duration: Duration::from_secs(config.firewall.ban_secs),
+            };
+            tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+            Some(addr)
+        } else {
+            None
+        };
+
+        // Per-IP state expires; prune it in the background so memory stays bounded.
+        let (fw, stop) = (firewall.clone(), shutdown.clone());
+        let m = metrics.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let now = Instant::now();
+                        fw.prune(now);
+                        m.set_bans_active(fw.bans(now).len() as i64);
+                    }
+                }
+            }
+        });
+
+        Ok(Server {
+            echo_addr: addrs[0],
+            secure_addr: addrs[1],
+            admin_addr,
+            sessions,
+            firewall,
+            metrics,
+            shutdown,
+            tracker,
+            drain: Duration::from_secs(config.limits.drain_timeout_secs),
+        })
+    }
+
+    /// Stops accepting, sends 1001 to every open connection and waits for them (up to the
+    /// drain timeout). Returns false when some connections were still open at the deadline.
+    pub async fn shutdown(self) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok()
+    }
+
+    /// A token that is cancelled when shutdown begins.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ({key}): is another process using it? choose another port in the config")
+    })
+}
+
+/// Reads a secret file; trailing newlines and spaces are not part of the secret.
+fn read_secret(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))?;
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    Ok(bytes[..end].to_vec())
+}
+
+/// Builds the token codec from `[auth]`.
+pub(crate) fn token_codec(auth: &config::AuthConfig) -> anyhow::Result<TokenCodec> {
+    let algorithm: Algorithm =
+        auth.algorithm.parse().map_err(|e| anyhow::anyhow!("auth.algorithm: {e}"))?;
+    let key = if algorithm.is_hmac() {
+        let secret = match (&auth.secret, &auth.secret_file) {
+            (Some(s), _) => s.0.clone().into_bytes(),
+            (None, Some(path)) => read_secret(path, "auth.secret_file")?,
+            (None, None) => bail!(
+                "no JWT secret configured: set auth.secret_file or {} \
+                 (`cargo xtask run` generates a development secret for you)",
+                config::env::JWT_SECRET
+            ),
+        };
+        Key::secret(secret)
+    } else {
+        let public = match &auth.public_key_file {
+            Some(p) => std::fs::read(p).with_context(|| format!("cannot read auth.public_key_file {}", p.display()))?,
+            None => bail!("auth.algorithm {algorithm} needs auth.public_key_file (a PEM public key)"),
+        };
+        match &auth.private_key_file {
+            Some(p) => Key::pem_pair(
+                public,
+                std::fs::read(p).with_context(|| format!("cannot read auth.private_key_file {}", p.display()))?,
+            ),
+            None => Key::public_pem(public),
+        }
+    };
+    let mut tc = TokenConfig::new(algorithm, vec![key]);
+    tc.require_exp = auth.require_exp;
+    tc.leeway_secs = auth.leeway_secs;
+    tc.issuer = auth.issuer.clone();
+    tc.audience = auth.audience.clone();
+    tc.required_typ = auth.typ.clone();
+    tc.max_token_bytes = auth.max_token_bytes;
+    TokenCodec::new(tc).context("invalid [auth] key")
+}
+
+fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
+    let f = &config.firewall;
+    let nets = |key: &str, list: &[String]| -> anyhow::Result<Vec<ipnet::IpNet>> {
+        list.iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("{key}: {s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+            })
+            .collect()
+    };
+    let mut fc = FirewallConfig::secure_defaults();
+    fc.allow = nets("firewall.allow", &f.allow)?;
+    fc.deny = nets("firewall.deny", &f.deny)?;
+    fc.trusted_proxies = nets("firewall.trusted_proxies", &f.trusted_proxies)?;
+    fc.max_connections = config.limits.max_connections;
+    fc.max_connections_per_ip = config.limits.max_connections_per_ip;
+    fc.handshake_rate_per_sec = f.handshake_rate_per_sec;
+    fc.handshake_burst = f.handshake_burst;
+    fc.message_rate_per_sec = f.message_rate_per_sec;
+    fc.message_burst = f.message_burst;
+    fc.ban_after_failures = f.ban_after_failures;
+    fc.ban_window = Duration::from_secs(f.ban_window_secs);
+    fc.ban_duration = Duration::from_secs(f.ban_secs);
+    fc.allowed_origins = f.allowed_origins.clone();
+    fc.require_origin = f.require_origin;
+    Ok(fc)
+}
+
+/// Checks a configuration as `Server::start` would, without binding anything.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    if config.secure.enabled {
+        token_codec(&config.auth)?;
+    }
+    Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+    Ok(())
+}
+
+/// Mints a token with the configured key (HS* secret, or `auth.private_key_file`).
+pub fn mint(config: &Config, user_id: &str, ttl: Duration, email: Option<&str>) -> anyhow::Result<String> {
+    let codec = token_codec(&config.auth)?;
+    let now = crate::sessions::unix_now();
+    let mut claims = palisade_token::Claims::new(user_id);
+    claims.iat = Some(now);
+    claims.exp = Some(now + ttl.as_secs());
+    if let Some(e) = email {
+        claims.email = Some(palisade_email::Email::parse(e).map_err(|err| anyhow::anyhow!("--email {e:?}: {err}"))?);
+    }
+    codec.encode(&claims).context("cannot mint a token with this key")
+}

@@ -1,0 +1,186 @@
+//! The accept loop: one task per connection, admission before any read, the upgrade under a
+//! timeout, then the connection loop; graceful shutdown through a cancellation token.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handshake::{self, Accept, HandshakeError, HandshakeRequest, Rejection};
+use crate::{Handler, TransportConfig, connection};
+
+/// A process-wide unique connection id, shown as `c42` in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// The next id.
+    pub fn next() -> ConnId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// Who a connection is: id, TCP peer and the endpoint's name.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// Unique id.
+    pub id: ConnId,
+    /// The TCP peer address.
+    pub peer: SocketAddr,
+    /// The endpoint's name, e.g. `echo` or `secure`.
+    pub endpoint: Arc<str>,
+}
+
+/// A refusal at TCP accept.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Close the socket at once, reading nothing (denied or banned address).
+    Drop,
+    /// Read the request (bounded by the handshake timeout) and answer with this HTTP error
+    /// (e.g. 503 when over capacity).
+    Http(Rejection),
+}
+
+/// What an application plugs into [`serve`].
+pub trait Endpoint: Send + Sync + 'static {
+    /// Held for the life of an admitted connection (e.g. a connection-count permit).
+    type Admission: Send + Sync + 'static;
+    /// The per-connection logic created at the handshake.
+    type Handler: Handler;
+
+    /// Called at TCP accept, before anything is read.
+    fn admit(&self, peer: SocketAddr) -> Result<Self::Admission, Refusal>;
+
+    /// Called with a valid upgrade request; accept it (creating the handler) or refuse it.
+    fn handshake(
+        &self,
+        info: &ConnInfo,
+        admission: &Self::Admission,
+        request: &HandshakeRequest,
+    ) -> Result<(Accept, Self::Handler), Rejection>;
+
+    /// Called when a handshake did not complete, for logging and metrics.
+    fn handshake_failed(&self, info: &ConnInfo, error: &HandshakeError) {
+        let _ = (info, error);
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled; each runs in a task of `tracker`, so the
+/// caller can wait for them to drain (`tracker.close(); tracker.wait().await`).
+/// On shutdown, open connections are sent 1001.
+pub async fn serve<E: Endpoint>(
+    listener: TcpListener,
+    name: &str,
+    endpoint: Arc<E>,
+    config: Arc<TransportConfig>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let name: Arc<str> = name.into();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let info = ConnInfo { id: ConnId::next(), peer, endpoint: name.clone() };
+                let task = connection(stream, info, endpoint.clone(), config.clone(), shutdown.clone());
+                tracker.spawn(task);
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(endpoint = %name, error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection<E: Endpoint>(
+    mut stream: TcpStream,
+    info: ConnInfo,
+    endpoint: Arc<E>,
+    config: Arc<TransportConfig>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let admission = match endpoint.admit(info.peer) {
+        Ok(a) => a,
+        Err(Refusal::Drop) => return,
+        Err(Refusal::Http(rejection)) => {
+            // Answer politely but cheaply: a bounded read, then the error.
+            let _ = timeout(config.handshake_timeout.min(Duration::from_secs(2)), async {
+                let _ = handshake::read_request(&mut stream, config.max_request_head_bytes).await;
+                handshake::write_rejection(&mut stream, &rejection).await
+            })
+            .await;
+            endpoint.handshake_failed(&info, &HandshakeError::NotAdmitted(rejection));
+            return;
+        }
+    };
+    let upgraded =
+        timeout(config.handshake_timeout, upgrade(stream, &info, &admission, &*endpoint, &config)).await;
+    let (ws, handler) = match upgraded {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return endpoint.handshake_failed(&info, &e),
+        Err(_) => return endpoint.handshake_failed(&info, &HandshakeError::Timeout),
+    };
+    connection::run(ws, info, &config, handler, shutdown).await;
+    drop(admission);
+}
+
+async fn upgrade<E: Endpoint>(
+    mut stream: TcpStream,
+    info: &ConnInfo,
+    admission: &E::Admission,
+    endpoint: &E,
+    config: &TransportConfig,
+) -> Result<(WebSocketStream<TcpStream>, E::Handler), HandshakeError> {
+    let checked = async {
+        let raw = handshake::read_request(&mut stream, config.max_request_head_bytes).await?;
+        let key = handshake::check_upgrade(&raw.request)?.clone();
+        match endpoint.handshake(info, admission, &raw.request) {
+            Ok((accept, handler)) => Ok((raw, key, accept, handler)),
+            Err(rejection) => Err(HandshakeError::Refused(rejection)),
+        }
+    }
+    .await;
+    let (raw, key, mut accept, handler) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(rejection) = handshake::rejection_for(&e) {
+                let _ = handshake::write_rejection(&mut stream, &rejection).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(p) = &accept.subprotocol {
+        // Never select a subprotocol the client did not offer (RFC 6455 section 4.2.2).
+        if !handshake::offered_subprotocols(&raw.request).any(|o| o == p) {
+            accept.subprotocol = None;
+        }
+    }
+    handshake::write_accept(&mut stream, &key, &accept).await?;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+        .write_buffer_size(config.write_buffer_bytes);
+    let ws = WebSocketStream::from_partially_read(stream, raw.rest, Role::Server, Some(ws_config)).await;
+    Ok((ws, handler))
+}
