@@ -147,11 +147,8 @@ impl TokenCodec {
             Some(_) => return Err(malformed("the kid header is not a string")),
         };
 
-        let mut candidates = inner
-            .verifiers
-            .iter()
-            .filter(|v| kid.is_none() || v.kid.as_deref() == kid)
-            .peekable();
+        let mut candidates =
+            inner.verifiers.iter().filter(|v| kid.is_none() || v.kid.as_deref() == kid).peekable();
         if candidates.peek().is_none() {
             return Err(TokenError::UnknownKey);
         }

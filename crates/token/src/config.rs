@@ -92,7 +92,10 @@ impl Key {
     pub fn pem_pair(public: impl Into<Vec<u8>>, private: impl Into<Vec<u8>>) -> Key {
         Key {
             kid: None,
-            material: KeyMaterial::Pem { public: Some(public.into()), private: Some(private.into()) },
+            material: KeyMaterial::Pem {
+                public: Some(public.into()),
+                private: Some(private.into()),
+            },
         }
     }
 
@@ -128,7 +131,10 @@ impl fmt::Debug for KeyMaterial {
             }
             KeyMaterial::Pem { public, private } => f
                 .debug_struct("Pem")
-                .field("public", &public.as_ref().map(|p| palisade_digest::Fingerprint::of(p).to_string()))
+                .field(
+                    "public",
+                    &public.as_ref().map(|p| palisade_digest::Fingerprint::of(p).to_string()),
+                )
                 .field("private", &private.as_ref().map(|_| "[redacted]"))
                 .finish(),
         }

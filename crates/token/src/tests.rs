@@ -6,8 +6,7 @@ use jsonwebtoken::EncodingKey;
 use serde_json::{Value, json};
 
 use crate::{
-    Algorithm, Claims, EncodeError, Key, KeyError, KeyMaterial, TokenCodec, TokenConfig,
-    TokenError,
+    Algorithm, Claims, EncodeError, Key, KeyError, KeyMaterial, TokenCodec, TokenConfig, TokenError,
 };
 
 const SECRET: &str = "unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdef-x";
@@ -108,7 +107,10 @@ fn hmac_algorithms_round_trip() {
 #[test]
 fn rs256_round_trips_with_a_key_pair_and_with_a_private_key_alone() {
     check_round_trip(&rs256());
-    check_round_trip(&codec(TokenConfig::new(Algorithm::Rs256, vec![Key::private_pem(RSA_PRIVATE)])));
+    check_round_trip(&codec(TokenConfig::new(
+        Algorithm::Rs256,
+        vec![Key::private_pem(RSA_PRIVATE)],
+    )));
 }
 
 #[test]
@@ -117,7 +119,10 @@ fn es256_round_trips_with_a_key_pair_and_with_a_private_key_alone() {
         Algorithm::Es256,
         vec![Key::pem_pair(EC_PUBLIC, EC_PRIVATE)],
     )));
-    check_round_trip(&codec(TokenConfig::new(Algorithm::Es256, vec![Key::private_pem(EC_PRIVATE)])));
+    check_round_trip(&codec(TokenConfig::new(
+        Algorithm::Es256,
+        vec![Key::private_pem(EC_PRIVATE)],
+    )));
 }
 
 #[test]
@@ -126,7 +131,10 @@ fn eddsa_round_trips_with_a_key_pair_and_with_a_private_key_alone() {
         Algorithm::EdDsa,
         vec![Key::pem_pair(ED_PUBLIC, ED_PRIVATE)],
     )));
-    check_round_trip(&codec(TokenConfig::new(Algorithm::EdDsa, vec![Key::private_pem(ED_PRIVATE)])));
+    check_round_trip(&codec(TokenConfig::new(
+        Algorithm::EdDsa,
+        vec![Key::private_pem(ED_PRIVATE)],
+    )));
 }
 
 #[test]
@@ -179,7 +187,12 @@ fn secret_minimums_follow_the_hash_size() {
     assert!(TokenCodec::new(TokenConfig::new(Algorithm::Hs256, key())).is_ok());
     check_build(
         TokenConfig::new(Algorithm::Hs384, key()),
-        KeyError::SecretTooShort { key: "#1".into(), algorithm: Algorithm::Hs384, len: 40, min: 48 },
+        KeyError::SecretTooShort {
+            key: "#1".into(),
+            algorithm: Algorithm::Hs384,
+            len: 40,
+            min: 48,
+        },
     );
     check_build(
         TokenConfig::new(Algorithm::Hs512, vec![Key::secret([7u8; 63]).with_kid("k")]),
@@ -215,7 +228,10 @@ fn material_that_does_not_fit_the_algorithm_is_refused() {
 #[test]
 fn pem_material_without_keys_is_refused() {
     let key = Key { kid: None, material: KeyMaterial::Pem { public: None, private: None } };
-    check_build(TokenConfig::new(Algorithm::EdDsa, vec![key]), KeyError::EmptyPem { key: "#1".into() });
+    check_build(
+        TokenConfig::new(Algorithm::EdDsa, vec![key]),
+        KeyError::EmptyPem { key: "#1".into() },
+    );
 }
 
 #[track_caller]
@@ -307,7 +323,8 @@ fn malformed_tokens_are_rejected() {
 
 #[test]
 fn a_payload_that_is_not_an_object_is_malformed() {
-    let token = forge(json!({"alg": "HS256"}), json!([1, 2]), Some((&hs256_key(), Algorithm::Hs256)));
+    let token =
+        forge(json!({"alg": "HS256"}), json!([1, 2]), Some((&hs256_key(), Algorithm::Hs256)));
     assert!(matches!(hs256().decode(&token, NOW), Err(TokenError::Malformed(_))));
 }
 
@@ -315,7 +332,12 @@ fn a_payload_that_is_not_an_object_is_malformed() {
 fn alg_none_is_rejected_signed_or_not() {
     let payload = json!({"user_id": 42, "exp": NOW + 60});
     let found = || TokenError::AlgorithmNotAllowed { found: "none".into() };
-    check_decode(&hs256(), &forge(json!({"alg": "none"}), payload.clone(), None), NOW, Err(found()));
+    check_decode(
+        &hs256(),
+        &forge(json!({"alg": "none"}), payload.clone(), None),
+        NOW,
+        Err(found()),
+    );
     let signed = forge(json!({"alg": "none"}), payload, Some((&hs256_key(), Algorithm::Hs256)));
     check_decode(&hs256(), &signed, NOW, Err(found()));
 }
@@ -323,14 +345,16 @@ fn alg_none_is_rejected_signed_or_not() {
 #[test]
 fn another_algorithm_of_the_same_family_is_rejected() {
     let key = hs256_key();
-    let token = forge(json!({"alg": "HS512"}), json!({"user_id": 1}), Some((&key, Algorithm::Hs512)));
+    let token =
+        forge(json!({"alg": "HS512"}), json!({"user_id": 1}), Some((&key, Algorithm::Hs512)));
     check_decode(
         &hs256(),
         &token,
         NOW,
         Err(TokenError::AlgorithmNotAllowed { found: "HS512".into() }),
     );
-    let lowercase = forge(json!({"alg": "hs256"}), json!({"user_id": 1}), Some((&key, Algorithm::Hs256)));
+    let lowercase =
+        forge(json!({"alg": "hs256"}), json!({"user_id": 1}), Some((&key, Algorithm::Hs256)));
     check_decode(
         &hs256(),
         &lowercase,
@@ -344,7 +368,11 @@ fn an_hs256_token_signed_with_the_rsa_public_key_fails_on_an_rs256_codec() {
     // The classic confusion: the verifier's public key PEM used as an HMAC secret.
     let confused = EncodingKey::from_secret(RSA_PUBLIC.as_bytes()).expect("non-empty");
     let payload = json!({"user_id": 42, "exp": NOW + 60});
-    let token = forge(json!({"alg": "HS256", "typ": "JWT"}), payload.clone(), Some((&confused, Algorithm::Hs256)));
+    let token = forge(
+        json!({"alg": "HS256", "typ": "JWT"}),
+        payload.clone(),
+        Some((&confused, Algorithm::Hs256)),
+    );
     check_decode(
         &rs256(),
         &token,
@@ -368,11 +396,19 @@ fn a_non_string_or_missing_alg_is_malformed() {
 fn an_unknown_kid_is_rejected() {
     let config = TokenConfig::new(Algorithm::Hs256, vec![Key::secret(SECRET).with_kid("current")]);
     let header = json!({"alg": "HS256", "kid": "../../etc/passwd"});
-    let token = forge(header, json!({"user_id": 1, "exp": NOW + 60}), Some((&hs256_key(), Algorithm::Hs256)));
+    let token = forge(
+        header,
+        json!({"user_id": 1, "exp": NOW + 60}),
+        Some((&hs256_key(), Algorithm::Hs256)),
+    );
     check_decode(&codec(config), &token, NOW, Err(TokenError::UnknownKey));
     // A kid does not select a key that has none.
     let header = json!({"alg": "HS256", "kid": "current"});
-    let token = forge(header, json!({"user_id": 1, "exp": NOW + 60}), Some((&hs256_key(), Algorithm::Hs256)));
+    let token = forge(
+        header,
+        json!({"user_id": 1, "exp": NOW + 60}),
+        Some((&hs256_key(), Algorithm::Hs256)),
+    );
     check_decode(&hs256(), &token, NOW, Err(TokenError::UnknownKey));
 }
 
@@ -418,7 +454,11 @@ fn keys_from_token_headers_are_never_used() {
 #[test]
 fn crit_headers_are_rejected() {
     let header = json!({"alg": "HS256", "crit": ["exp"], "exp": 1});
-    let token = forge(header, json!({"user_id": 1, "exp": NOW + 60}), Some((&hs256_key(), Algorithm::Hs256)));
+    let token = forge(
+        header,
+        json!({"user_id": 1, "exp": NOW + 60}),
+        Some((&hs256_key(), Algorithm::Hs256)),
+    );
     assert!(matches!(hs256().decode(&token, NOW), Err(TokenError::Malformed(_))));
 }
 
@@ -455,7 +495,10 @@ fn not_before_in_the_future_is_rejected_beyond_the_leeway() {
 fn issued_at_in_the_future_is_rejected_beyond_the_leeway() {
     let exp = NOW + 3600;
     check_payload(json!({"user_id": 1, "exp": exp, "iat": NOW + 30}), Ok("1"));
-    check_payload(json!({"user_id": 1, "exp": exp, "iat": NOW + 31}), Err(TokenError::InvalidClaim("iat")));
+    check_payload(
+        json!({"user_id": 1, "exp": exp, "iat": NOW + 31}),
+        Err(TokenError::InvalidClaim("iat")),
+    );
 }
 
 #[test]
@@ -463,7 +506,10 @@ fn numeric_dates_must_be_non_negative_numbers() {
     let exp = NOW + 3600;
     check_payload(json!({"user_id": 1, "exp": "soon"}), Err(TokenError::InvalidClaim("exp")));
     check_payload(json!({"user_id": 1, "exp": -1}), Err(TokenError::InvalidClaim("exp")));
-    check_payload(json!({"user_id": 1, "exp": exp, "nbf": null}), Err(TokenError::InvalidClaim("nbf")));
+    check_payload(
+        json!({"user_id": 1, "exp": exp, "nbf": null}),
+        Err(TokenError::InvalidClaim("nbf")),
+    );
     check_payload(json!({"user_id": 1, "exp": exp as f64 + 0.5}), Ok("1"));
     check_payload(json!({"user_id": 1, "exp": 1e300}), Err(TokenError::InvalidClaim("exp")));
 }
@@ -488,7 +534,10 @@ fn the_user_id_comes_from_user_id_or_sub() {
 fn a_missing_or_conflicting_user_id_is_rejected() {
     let exp = NOW + 3600;
     check_payload(json!({"exp": exp}), Err(TokenError::MissingClaim("user_id")));
-    check_payload(json!({"user_id": 42, "sub": "43", "exp": exp}), Err(TokenError::InvalidClaim("sub")));
+    check_payload(
+        json!({"user_id": 42, "sub": "43", "exp": exp}),
+        Err(TokenError::InvalidClaim("sub")),
+    );
     check_payload(json!({"user_id": 4.2, "exp": exp}), Err(TokenError::InvalidClaim("user_id")));
     check_payload(json!({"user_id": true, "exp": exp}), Err(TokenError::InvalidClaim("user_id")));
     check_payload(json!({"user_id": "", "exp": exp}), Err(TokenError::InvalidClaim("user_id")));
@@ -501,19 +550,29 @@ fn email_is_validated() {
     let token = hs256_token(json!({"user_id": 1, "exp": exp, "email": "carol@example.com"}));
     let claims = hs256().decode(&token, NOW).expect("valid");
     assert_eq!(claims.email.as_ref().map(|e| e.as_str()), Some("carol@example.com"));
-    check_payload(json!({"user_id": 1, "exp": exp, "email": "not an email"}), Err(TokenError::InvalidClaim("email")));
-    check_payload(json!({"user_id": 1, "exp": exp, "email": 5}), Err(TokenError::InvalidClaim("email")));
+    check_payload(
+        json!({"user_id": 1, "exp": exp, "email": "not an email"}),
+        Err(TokenError::InvalidClaim("email")),
+    );
+    check_payload(
+        json!({"user_id": 1, "exp": exp, "email": 5}),
+        Err(TokenError::InvalidClaim("email")),
+    );
 }
 
 #[test]
 fn jti_must_be_a_string() {
     let exp = NOW + 3600;
-    check_payload(json!({"user_id": 1, "exp": exp, "jti": 5}), Err(TokenError::InvalidClaim("jti")));
+    check_payload(
+        json!({"user_id": 1, "exp": exp, "jti": 5}),
+        Err(TokenError::InvalidClaim("jti")),
+    );
 }
 
 #[test]
 fn other_claims_are_kept_for_the_application() {
-    let token = hs256_token(json!({"user_id": 1, "exp": NOW + 60, "role": "admin", "scopes": ["a", "b"]}));
+    let token =
+        hs256_token(json!({"user_id": 1, "exp": NOW + 60, "role": "admin", "scopes": ["a", "b"]}));
     let claims = hs256().decode(&token, NOW).expect("valid");
     assert_eq!(claims.extra.get("role"), Some(&json!("admin")));
     assert_eq!(claims.extra.get("scopes"), Some(&json!(["a", "b"])));
@@ -532,20 +591,39 @@ fn issuer_and_audience_are_checked_when_configured() {
     let codec = with_issuer_and_audience();
     let exp = NOW + 60;
     let iss = "https://issuer.example";
-    let check = |payload: Value, expected| check_decode(&codec, &hs256_token(payload), NOW, expected);
+    let check =
+        |payload: Value, expected| check_decode(&codec, &hs256_token(payload), NOW, expected);
     check(json!({"user_id": 1, "exp": exp, "iss": iss, "aud": "palisade"}), Ok("1"));
     check(json!({"user_id": 1, "exp": exp, "iss": iss, "aud": ["other", "palisade"]}), Ok("1"));
-    check(json!({"user_id": 1, "exp": exp, "aud": "palisade"}), Err(TokenError::MissingClaim("iss")));
-    check(json!({"user_id": 1, "exp": exp, "iss": "evil", "aud": "palisade"}), Err(TokenError::InvalidClaim("iss")));
+    check(
+        json!({"user_id": 1, "exp": exp, "aud": "palisade"}),
+        Err(TokenError::MissingClaim("iss")),
+    );
+    check(
+        json!({"user_id": 1, "exp": exp, "iss": "evil", "aud": "palisade"}),
+        Err(TokenError::InvalidClaim("iss")),
+    );
     check(json!({"user_id": 1, "exp": exp, "iss": iss}), Err(TokenError::MissingClaim("aud")));
-    check(json!({"user_id": 1, "exp": exp, "iss": iss, "aud": "other"}), Err(TokenError::InvalidClaim("aud")));
-    check(json!({"user_id": 1, "exp": exp, "iss": iss, "aud": ["other"]}), Err(TokenError::InvalidClaim("aud")));
-    check(json!({"user_id": 1, "exp": exp, "iss": iss, "aud": [1]}), Err(TokenError::InvalidClaim("aud")));
+    check(
+        json!({"user_id": 1, "exp": exp, "iss": iss, "aud": "other"}),
+        Err(TokenError::InvalidClaim("aud")),
+    );
+    check(
+        json!({"user_id": 1, "exp": exp, "iss": iss, "aud": ["other"]}),
+        Err(TokenError::InvalidClaim("aud")),
+    );
+    check(
+        json!({"user_id": 1, "exp": exp, "iss": iss, "aud": [1]}),
+        Err(TokenError::InvalidClaim("aud")),
+    );
 }
 
 #[test]
 fn an_audience_is_rejected_when_none_is_configured() {
-    check_payload(json!({"user_id": 1, "exp": NOW + 60, "aud": "someone"}), Err(TokenError::InvalidClaim("aud")));
+    check_payload(
+        json!({"user_id": 1, "exp": NOW + 60, "aud": "someone"}),
+        Err(TokenError::InvalidClaim("aud")),
+    );
 }
 
 #[test]
@@ -557,9 +635,24 @@ fn typ_is_checked_when_configured() {
     let key = hs256_key();
     let token = |header: Value| forge(header, payload.clone(), Some((&key, Algorithm::Hs256)));
     check_decode(&codec, &token(json!({"alg": "HS256", "typ": "at+jwt"})), NOW, Ok("1"));
-    check_decode(&codec, &token(json!({"alg": "HS256", "typ": "application/AT+JWT"})), NOW, Ok("1"));
-    check_decode(&codec, &token(json!({"alg": "HS256", "typ": "JWT"})), NOW, Err(TokenError::InvalidClaim("typ")));
-    check_decode(&codec, &token(json!({"alg": "HS256"})), NOW, Err(TokenError::MissingClaim("typ")));
+    check_decode(
+        &codec,
+        &token(json!({"alg": "HS256", "typ": "application/AT+JWT"})),
+        NOW,
+        Ok("1"),
+    );
+    check_decode(
+        &codec,
+        &token(json!({"alg": "HS256", "typ": "JWT"})),
+        NOW,
+        Err(TokenError::InvalidClaim("typ")),
+    );
+    check_decode(
+        &codec,
+        &token(json!({"alg": "HS256"})),
+        NOW,
+        Err(TokenError::MissingClaim("typ")),
+    );
     // Encoding writes the required typ, so minted tokens verify.
     let minted = codec.encode(&claims("alice")).expect("encodes");
     check_decode(&codec, &minted, NOW, Ok("alice"));
@@ -619,7 +712,8 @@ fn part_of(token: &str, index: usize) -> Value {
 #[test]
 fn user_id_is_written_as_a_number_only_when_it_is_a_canonical_integer() {
     let codec = hs256();
-    let payload = |id: &str| part_of(&codec.encode(&claims(id)).expect("encodes"), 1)["user_id"].clone();
+    let payload =
+        |id: &str| part_of(&codec.encode(&claims(id)).expect("encodes"), 1)["user_id"].clone();
     assert_eq!(payload("42"), json!(42));
     assert_eq!(payload("-42"), json!(-42));
     assert_eq!(payload("042"), json!("042"));

@@ -73,6 +73,7 @@ fn the_guide_token_is_an_integer_user_id_with_hs256() {
     let claims = codec.decode(guide["token"].as_str().expect("token"), NOW).expect("verifies");
     assert_eq!(claims.user_id, "42");
     // Past its 2100 expiry it is rejected as expired, which the server answers with `Token Expired`.
-    let err = codec.decode(guide["token"].as_str().expect("token"), 4_102_444_800 + 30).unwrap_err();
+    let err =
+        codec.decode(guide["token"].as_str().expect("token"), 4_102_444_800 + 30).unwrap_err();
     assert!(err.is_expired());
 }

@@ -44,11 +44,7 @@ fn extra() -> impl Strategy<Value = Map<String, Value>> {
 }
 
 fn user_id() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<i64>().prop_map(|n| n.to_string()),
-        "0[0-9]{1,5}",
-        "\\PC{1,20}",
-    ]
+    prop_oneof![any::<i64>().prop_map(|n| n.to_string()), "0[0-9]{1,5}", "\\PC{1,20}",]
 }
 
 fn email() -> impl Strategy<Value = Option<palisade_email::Email>> {
