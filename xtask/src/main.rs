@@ -43,7 +43,10 @@ fn main() -> ExitCode {
 
 fn root() -> PathBuf {
     // xtask/ sits one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> Command {
@@ -61,7 +64,8 @@ fn status(mut cmd: Command) -> Result<(), String> {
 /// Creates `.dev/` with a 0600 HS256 secret and a config that uses it; returns the config path.
 fn dev_setup() -> Result<PathBuf, String> {
     let dev = root().join(".dev");
-    fs::create_dir_all(dev.join("logs")).map_err(|e| format!("cannot create {}: {e}", dev.display()))?;
+    fs::create_dir_all(dev.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", dev.display()))?;
     let secret = dev.join("jwt-secret");
     if !secret.exists() {
         let mut bytes = [0u8; 32];
@@ -93,7 +97,16 @@ fn dev_setup() -> Result<PathBuf, String> {
 
 fn palisade(config: &Path) -> Command {
     let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "--package", "palisade-server", "--bin", "palisade", "--", "--config"]);
+    cmd.args([
+        "run",
+        "--quiet",
+        "--package",
+        "palisade-server",
+        "--bin",
+        "palisade",
+        "--",
+        "--config",
+    ]);
     cmd.arg(config);
     cmd
 }
@@ -125,7 +138,9 @@ fn run(extra: &[String]) -> Result<(), String> {
 
 fn token(args: &[String]) -> Result<(), String> {
     if !args.iter().any(|a| a == "--user-id" || a.starts_with("--user-id=")) {
-        return Err("token needs --user-id ID (e.g. cargo xtask token --user-id 42 --ttl 1h)".into());
+        return Err(
+            "token needs --user-id ID (e.g. cargo xtask token --user-id 42 --ttl 1h)".into()
+        );
     }
     let config = dev_setup()?;
     let mut cmd = palisade(&config);

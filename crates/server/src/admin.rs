@@ -32,7 +32,8 @@ pub(crate) struct AdminState {
 
 pub(crate) async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
     let app = router(state);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let result =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(endpoint = "admin", kind = "io", error = %e, "admin listener failed");
     }
@@ -61,10 +62,12 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             .map(str::trim)
             .unwrap_or("");
         // Compare digests so neither the length nor the content leaks through timing.
-        let ok = palisade_digest::sha256(given.as_bytes()) == palisade_digest::sha256(expected.as_slice());
+        let ok = palisade_digest::sha256(given.as_bytes())
+            == palisade_digest::sha256(expected.as_slice());
         if !ok {
             tracing::warn!(endpoint = "admin", kind = "admin_auth", path = %req.uri().path(), "admin call refused: missing or wrong bearer token");
-            return (StatusCode::UNAUTHORIZED, "missing or wrong admin bearer token\n").into_response();
+            return (StatusCode::UNAUTHORIZED, "missing or wrong admin bearer token\n")
+                .into_response();
         }
     }
     next.run(req).await
@@ -129,11 +132,17 @@ struct BanRequest {
     secs: Option<u64>,
 }
 
-async fn add_ban(State(state): State<AdminState>, body: Result<Json<BanRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn add_ban(
+    State(state): State<AdminState>,
+    body: Result<Json<BanRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("expected {{\"ip\": \"192.0.2.1\", \"secs\": 600}}: {e}\n"))
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"ip\": \"192.0.2.1\", \"secs\": 600}}: {e}\n"),
+            )
                 .into_response();
         }
     };
@@ -141,7 +150,8 @@ async fn add_ban(State(state): State<AdminState>, body: Result<Json<BanRequest>,
     state.firewall.ban(req.ip, duration, Instant::now());
     state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
     tracing::warn!(endpoint = "admin", client_ip = %req.ip, ban_secs = duration.as_secs(), "address banned by admin");
-    (StatusCode::CREATED, Json(BanView { ip: req.ip, remaining_secs: duration.as_secs() })).into_response()
+    (StatusCode::CREATED, Json(BanView { ip: req.ip, remaining_secs: duration.as_secs() }))
+        .into_response()
 }
 
 async fn lift_ban(State(state): State<AdminState>, Path(ip): Path<String>) -> Response {

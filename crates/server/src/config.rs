@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 /// The whole configuration. Every key and default is documented in docs/configuration.md.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The echo endpoint.
@@ -167,23 +167,13 @@ pub struct LogSection {
     pub max_files: usize,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            echo: EchoConfig::default(),
-            secure: SecureConfig::default(),
-            admin: AdminConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            firewall: FirewallSection::default(),
-            log: LogSection::default(),
-        }
-    }
-}
-
 impl Default for EchoConfig {
     fn default() -> EchoConfig {
-        EchoConfig { enabled: true, listen: ([127, 0, 0, 1], 8765).into(), prefix: "Server received: ".into() }
+        EchoConfig {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 8765).into(),
+            prefix: "Server received: ".into(),
+        }
     }
 }
 
@@ -293,7 +283,8 @@ pub mod env {
 impl Config {
     /// Parses TOML text. Unknown keys and wrongly typed values are errors that name the key.
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         config.validate()?;
         Ok(config)
     }
@@ -345,7 +336,10 @@ impl Config {
             );
         }
         if self.auth.leeway_secs > 300 {
-            bail!("auth.leeway_secs ({}) is too large: expected at most 300 (30 is usual)", self.auth.leeway_secs);
+            bail!(
+                "auth.leeway_secs ({}) is too large: expected at most 300 (30 is usual)",
+                self.auth.leeway_secs
+            );
         }
         positive("auth.max_token_bytes", self.auth.max_token_bytes as u64)?;
         match self.log.format.as_str() {

@@ -125,16 +125,17 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
         let fw = &self.state.firewall;
         let headers = req.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let client_ip = fw.client_ip(info.peer.ip(), header("x-forwarded-for"), header("forwarded"));
+        let client_ip =
+            fw.client_ip(info.peer.ip(), header("x-forwarded-for"), header("forwarded"));
         match fw.check_handshake_rate(client_ip, Instant::now()) {
             Decision::Allow => {}
             Decision::Throttle { retry_after } => {
                 self.refused(info.peer, client_ip, DenyReason::RateLimited);
-                let mut r = Rejection::new(StatusCode::TOO_MANY_REQUESTS, "too many handshakes; slow down");
-                let secs = retry_after.as_secs().max(1).to_string();
-                if let Ok(v) = HeaderValue::from_str(&secs) {
-                    r.headers.insert(http::header::RETRY_AFTER, v);
-                }
+                // Round up: a client retrying after this many whole seconds is admitted.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                let r =
+                    Rejection::new(StatusCode::TOO_MANY_REQUESTS, "too many handshakes; slow down")
+                        .with_header(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
                 return Err(r);
             }
             Decision::Deny(reason) => {
@@ -163,7 +164,8 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
             },
         };
         if self.kind == Kind::Secure {
-            let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+            let bearer =
+                header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             if let Some(token) = bearer {
                 match conn.verify(token) {
                     Ok(claims) => conn.auth = Auth::FromHeader(claims),
@@ -243,7 +245,9 @@ impl<H: Handler> Conn<H> {
                 let outcome = if e.is_expired() { "expired" } else { "invalid" };
                 self.state.metrics.auth(endpoint, outcome);
                 tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, kind = e.kind(), token = %fp, error = %e, "authentication failed");
-                if let Some(ban) = self.state.firewall.record_auth_failure(self.peer.client_ip, Instant::now()) {
+                if let Some(ban) =
+                    self.state.firewall.record_auth_failure(self.peer.client_ip, Instant::now())
+                {
                     tracing::warn!(client_ip = %self.peer.client_ip, ban_secs = ban.as_secs(), "address banned after repeated authentication failures");
                 }
             }
@@ -305,7 +309,9 @@ impl<H: Handler> Conn<H> {
             Outcome::Failed { error, close } => {
                 self.state.metrics.error(endpoint, error.kind());
                 let code = close.as_ref().map(|c| c.code);
-                if matches!(error, palisade_transport::ConnError::PeerVanished) && !self.state.may_log_noisy() {
+                if matches!(error, palisade_transport::ConnError::PeerVanished)
+                    && !self.state.may_log_noisy()
+                {
                     return;
                 }
                 tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = ?code, error = %error, "connection error");

@@ -85,7 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 90s, 15m, 1h, 2d"))?;
+    let n: u64 =
+        num.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 90s, 15m, 1h, 2d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -97,7 +98,8 @@ fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    let format: LogFormat = config.log.format.parse().map_err(|e| anyhow::anyhow!("log.format: {e}"))?;
+    let format: LogFormat =
+        config.log.format.parse().map_err(|e| anyhow::anyhow!("log.format: {e}"))?;
     let log = palisade_errlog::init(&LogConfig {
         level: config.log.level.clone(),
         format,

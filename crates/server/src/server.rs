@@ -44,7 +44,8 @@ impl Server {
     pub async fn start<H: Handler>(config: &Config, app: H) -> anyhow::Result<Server> {
         config.validate()?;
         let codec = if config.secure.enabled { Some(token_codec(&config.auth)?) } else { None };
-        let firewall = Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+        let firewall =
+            Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
         let sessions = SessionRegistry::new(config.secure.max_sessions_per_user);
         let state = Arc::new(State::new(
@@ -70,8 +71,11 @@ impl Server {
             }
             let listener = bind(listen, &format!("{}.listen", kind.name())).await?;
             *slot = Some(listener.local_addr()?);
-            let endpoint =
-                Arc::new(WsEndpoint { kind, state: state.clone(), metrics: metrics.endpoint(kind.name()) });
+            let endpoint = Arc::new(WsEndpoint {
+                kind,
+                state: state.clone(),
+                metrics: metrics.endpoint(kind.name()),
+            });
             let serve = palisade_transport::serve(
                 listener,
                 kind.name(),
@@ -155,7 +159,8 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 
 /// Reads a secret file; trailing newlines and spaces are not part of the secret.
 fn read_secret(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))?;
     let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
     Ok(bytes[..end].to_vec())
 }
@@ -177,13 +182,18 @@ pub(crate) fn token_codec(auth: &config::AuthConfig) -> anyhow::Result<TokenCode
         Key::secret(secret)
     } else {
         let public = match &auth.public_key_file {
-            Some(p) => std::fs::read(p).with_context(|| format!("cannot read auth.public_key_file {}", p.display()))?,
-            None => bail!("auth.algorithm {algorithm} needs auth.public_key_file (a PEM public key)"),
+            Some(p) => std::fs::read(p)
+                .with_context(|| format!("cannot read auth.public_key_file {}", p.display()))?,
+            None => {
+                bail!("auth.algorithm {algorithm} needs auth.public_key_file (a PEM public key)")
+            }
         };
         match &auth.private_key_file {
             Some(p) => Key::pem_pair(
                 public,
-                std::fs::read(p).with_context(|| format!("cannot read auth.private_key_file {}", p.display()))?,
+                std::fs::read(p).with_context(|| {
+                    format!("cannot read auth.private_key_file {}", p.display())
+                })?,
             ),
             None => Key::public_pem(public),
         }
@@ -205,7 +215,11 @@ fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
             .map(|s| {
                 s.parse::<ipnet::IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| anyhow::anyhow!("{key}: {s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "{key}: {s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"
+                        )
+                    })
             })
             .collect()
     };
@@ -238,14 +252,22 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Mints a token with the configured key (HS* secret, or `auth.private_key_file`).
-pub fn mint(config: &Config, user_id: &str, ttl: Duration, email: Option<&str>) -> anyhow::Result<String> {
+pub fn mint(
+    config: &Config,
+    user_id: &str,
+    ttl: Duration,
+    email: Option<&str>,
+) -> anyhow::Result<String> {
     let codec = token_codec(&config.auth)?;
     let now = crate::sessions::unix_now();
     let mut claims = palisade_token::Claims::new(user_id);
     claims.iat = Some(now);
     claims.exp = Some(now + ttl.as_secs());
     if let Some(e) = email {
-        claims.email = Some(palisade_email::Email::parse(e).map_err(|err| anyhow::anyhow!("--email {e:?}: {err}"))?);
+        claims.email = Some(
+            palisade_email::Email::parse(e)
+                .map_err(|err| anyhow::anyhow!("--email {e:?}: {err}"))?,
+        );
     }
     codec.encode(&claims).context("cannot mint a token with this key")
 }

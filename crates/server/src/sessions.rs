@@ -112,12 +112,12 @@ impl SessionRegistry {
     /// Removes a session (when its connection ends).
     pub fn unregister(&self, id: &SessionId) {
         let mut inner = self.lock();
-        if let Some(entry) = inner.sessions.remove(id) {
-            if let Some(ids) = inner.by_user.get_mut(&entry.info.user_id) {
-                ids.retain(|x| x != id);
-                if ids.is_empty() {
-                    inner.by_user.remove(&entry.info.user_id);
-                }
+        if let Some(entry) = inner.sessions.remove(id)
+            && let Some(ids) = inner.by_user.get_mut(&entry.info.user_id)
+        {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                inner.by_user.remove(&entry.info.user_id);
             }
         }
     }
@@ -141,7 +141,8 @@ impl SessionRegistry {
 
     /// A snapshot of all sessions, oldest first.
     pub fn list(&self) -> Vec<SessionInfo> {
-        let mut all: Vec<SessionInfo> = self.lock().sessions.values().map(|e| e.info.clone()).collect();
+        let mut all: Vec<SessionInfo> =
+            self.lock().sessions.values().map(|e| e.info.clone()).collect();
         all.sort_by(|a, b| (a.started, &a.id).cmp(&(b.started, &b.id)));
         all
     }

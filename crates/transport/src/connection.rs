@@ -335,15 +335,18 @@ where
             None => Err(Outcome::PeerClosed { code: None, reason: String::new() }),
             Some(err) => Err(fail(ws, err, cfg).await),
         },
-        Err(_) => Err(Outcome::Failed {
-            error: ConnError::SlowConsumer("write timed out"),
-            close: None,
-        }),
+        Err(_) => {
+            Err(Outcome::Failed { error: ConnError::SlowConsumer("write timed out"), close: None })
+        }
     }
 }
 
 /// Sends our close frame and waits (bounded) for the peer's.
-async fn close_as_server<S>(ws: &mut WebSocketStream<S>, close: Close, cfg: &TransportConfig) -> Outcome
+async fn close_as_server<S>(
+    ws: &mut WebSocketStream<S>,
+    close: Close,
+    cfg: &TransportConfig,
+) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -372,14 +375,15 @@ async fn send_close<S>(ws: &mut WebSocketStream<S>, close: &Close, cfg: &Transpo
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = CloseFrame { code: CloseCode::from(close.code), reason: truncate(&close.reason, 123).into() };
+    let frame = CloseFrame {
+        code: CloseCode::from(close.code),
+        reason: truncate(&close.reason, 123).into(),
+    };
     let sent = matches!(timeout(cfg.close_timeout, ws.close(Some(frame))).await, Ok(Ok(())));
     if sent {
         // Wait briefly for the client's close frame so it sees an orderly end.
-        let _ = timeout(cfg.close_timeout, async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
+        let _ =
+            timeout(cfg.close_timeout, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     }
     sent
 }

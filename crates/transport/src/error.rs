@@ -2,8 +2,8 @@
 
 use std::io;
 
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 
 use crate::{Close, close_code};
 
@@ -37,10 +37,14 @@ impl ConnError {
     /// The close code the client is told, per docs/protocol.md.
     pub fn close(&self) -> Close {
         match self {
-            ConnError::PeerVanished | ConnError::Io(_) => Close::new(close_code::INTERNAL_ERROR, "i/o error"),
+            ConnError::PeerVanished | ConnError::Io(_) => {
+                Close::new(close_code::INTERNAL_ERROR, "i/o error")
+            }
             ConnError::Protocol(_) => Close::new(close_code::PROTOCOL_ERROR, "protocol error"),
             ConnError::InvalidUtf8 => Close::new(close_code::INVALID_PAYLOAD, "invalid utf-8"),
-            ConnError::MessageTooBig(_) => Close::new(close_code::MESSAGE_TOO_BIG, "message too big"),
+            ConnError::MessageTooBig(_) => {
+                Close::new(close_code::MESSAGE_TOO_BIG, "message too big")
+            }
             ConnError::IdleTimeout => Close::new(close_code::GOING_AWAY, "idle timeout"),
             ConnError::SlowConsumer(_) => Close::policy("slow consumer"),
         }
@@ -64,7 +68,9 @@ impl ConnError {
         Some(match err {
             WsError::ConnectionClosed | WsError::AlreadyClosed => return None,
             WsError::Io(e) => ConnError::from_io(e),
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ConnError::PeerVanished,
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                ConnError::PeerVanished
+            }
             WsError::Protocol(p) => ConnError::Protocol(p.to_string()),
             WsError::Utf8(_) => ConnError::InvalidUtf8,
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {

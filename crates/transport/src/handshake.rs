@@ -1,7 +1,7 @@
 //! The HTTP upgrade: read a bounded request head, check it is a WebSocket upgrade, ask the
 //! endpoint, and answer with 101 or an HTTP error (never a hang).
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -25,13 +25,19 @@ pub struct Rejection {
     /// One line for the client: what was wrong and what to do.
     pub body: String,
     /// Extra response headers (e.g. `Retry-After`).
-    pub headers: HeaderMap,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
     /// A rejection with this status and body and no extra headers.
     pub fn new(status: StatusCode, body: impl Into<String>) -> Rejection {
-        Rejection { status, body: body.into(), headers: HeaderMap::new() }
+        Rejection { status, body: body.into(), headers: Vec::new() }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Rejection {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -160,7 +166,7 @@ pub(crate) fn check_upgrade(req: &HandshakeRequest) -> Result<&HeaderValue, Hand
     }
 }
 
-fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
@@ -186,7 +192,9 @@ pub(crate) async fn write_accept<S: AsyncWrite + Unpin>(
     accept: &Accept,
 ) -> std::io::Result<()> {
     let mut out = String::with_capacity(256);
-    out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    out.push_str(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
     out.push_str("Sec-WebSocket-Accept: ");
     out.push_str(&derive_accept_key(key.as_bytes()));
     out.push_str("\r\n");
@@ -195,7 +203,7 @@ pub(crate) async fn write_accept<S: AsyncWrite + Unpin>(
         out.push_str(p);
         out.push_str("\r\n");
     }
-    push_headers(&mut out, &accept.headers);
+    push_headers(&mut out, accept.headers.iter());
     out.push_str("\r\n");
     stream.write_all(out.as_bytes()).await?;
     stream.flush().await
@@ -213,7 +221,7 @@ pub(crate) async fn write_rejection<S: AsyncWrite + Unpin>(
         rejection.status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    push_headers(&mut out, &rejection.headers);
+    push_headers(&mut out, rejection.headers.iter().map(|(k, v)| (k, v)));
     out.push_str("\r\n");
     out.push_str(&body);
     stream.write_all(out.as_bytes()).await?;
@@ -221,7 +229,10 @@ pub(crate) async fn write_rejection<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
-fn push_headers(out: &mut String, headers: &HeaderMap) {
+fn push_headers<'a>(
+    out: &mut String,
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
     for (name, value) in headers {
         if let Ok(v) = value.to_str() {
             out.push_str(name.as_str());
@@ -243,12 +254,12 @@ pub(crate) fn rejection_for(err: &HandshakeError) -> Option<Rejection> {
             Some(Rejection::new(StatusCode::BAD_REQUEST, "malformed http request"))
         }
         HandshakeError::NotWebSocket(why) => {
-            let mut r = Rejection::new(
+            let r = Rejection::new(
                 StatusCode::UPGRADE_REQUIRED,
                 format!("this is a websocket endpoint: {why}; connect with a websocket client"),
-            );
-            r.headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-            r.headers.insert(http::header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            )
+            .with_header(http::header::UPGRADE, HeaderValue::from_static("websocket"))
+            .with_header(http::header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             Some(r)
         }
         HandshakeError::Refused(r) | HandshakeError::NotAdmitted(r) => Some(r.clone()),

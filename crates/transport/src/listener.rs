@@ -100,7 +100,8 @@ pub async fn serve<E: Endpoint>(
         match accepted {
             Ok((stream, peer)) => {
                 let info = ConnInfo { id: ConnId::next(), peer, endpoint: name.clone() };
-                let task = connection(stream, info, endpoint.clone(), config.clone(), shutdown.clone());
+                let task =
+                    connection(stream, info, endpoint.clone(), config.clone(), shutdown.clone());
                 tracker.spawn(task);
             }
             Err(e) => {
@@ -135,7 +136,8 @@ async fn connection<E: Endpoint>(
         }
     };
     let upgraded =
-        timeout(config.handshake_timeout, upgrade(stream, &info, &admission, &*endpoint, &config)).await;
+        timeout(config.handshake_timeout, upgrade(stream, &info, &admission, &*endpoint, &config))
+            .await;
     let (ws, handler) = match upgraded {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return endpoint.handshake_failed(&info, &e),
@@ -181,6 +183,7 @@ async fn upgrade<E: Endpoint>(
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_frame_bytes))
         .write_buffer_size(config.write_buffer_bytes);
-    let ws = WebSocketStream::from_partially_read(stream, raw.rest, Role::Server, Some(ws_config)).await;
+    let ws =
+        WebSocketStream::from_partially_read(stream, raw.rest, Role::Server, Some(ws_config)).await;
     Ok((ws, handler))
 }
