@@ -42,12 +42,22 @@ impl Server {
     /// Builds everything from `config`, binds every enabled listener and starts serving.
     /// Errors name what is wrong (key, file, address) and what to do.
     pub async fn start<H: Handler>(config: &Config, app: H) -> anyhow::Result<Server> {
+        let sessions = SessionRegistry::new(config.secure.max_sessions_per_user);
+        Server::start_with_sessions(config, app, sessions).await
+    }
+
+    /// Like [`Server::start`], with a session registry the application already holds (so its
+    /// handler can push to sessions, e.g. a chat broadcast).
+    pub async fn start_with_sessions<H: Handler>(
+        config: &Config,
+        app: H,
+        sessions: SessionRegistry,
+    ) -> anyhow::Result<Server> {
         config.validate()?;
         let codec = if config.secure.enabled { Some(token_codec(&config.auth)?) } else { None };
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
-        let sessions = SessionRegistry::new(config.secure.max_sessions_per_user);
         let state = Arc::new(State::new(
             Arc::new(app),
             codec,

@@ -35,7 +35,12 @@
 //!     fn admit(&self, _peer: std::net::SocketAddr) -> Result<(), Refusal> {
 //!         Ok(())
 //!     }
-//!     fn handshake(&self, _info: &ConnInfo, _req: &HandshakeRequest) -> Result<(Accept, Echo), Rejection> {
+//!     fn handshake(
+//!         &self,
+//!         _info: &ConnInfo,
+//!         _admission: &(),
+//!         _req: &HandshakeRequest,
+//!     ) -> Result<(Accept, Echo), Rejection> {
 //!         Ok((Accept::default(), Echo))
 //!     }
 //! }
