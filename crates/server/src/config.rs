@@ -111,8 +111,6 @@ pub struct LimitsConfig {
     pub ping_interval_secs: u64,
     /// Open connections, all endpoints together.
     pub max_connections: usize,
-    /// Open connections from one client address.
-    pub max_connections_per_ip: usize,
     /// Messages that may wait for a slow client before it is closed.
     pub outbound_queue: usize,
     /// Seconds one write may block on a client that does not read.
@@ -129,16 +127,18 @@ pub struct FirewallSection {
     pub allow: Vec<String>,
     /// CIDRs refused (wins over `allow`).
     pub deny: Vec<String>,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: usize,
     /// Handshakes per second per client address (0: unlimited).
-    pub handshake_rate_per_sec: u32,
+    pub handshakes_per_sec_per_ip: u32,
     /// Handshake burst per client address.
     pub handshake_burst: u32,
     /// Messages per second per connection (0: unlimited).
-    pub message_rate_per_sec: u32,
+    pub messages_per_sec: u32,
     /// Message burst per connection.
     pub message_burst: u32,
     /// Failed authentications that ban an address (0: never).
-    pub ban_after_failures: u32,
+    pub ban_after_auth_failures: u32,
     /// Window in which those failures count, in seconds.
     pub ban_window_secs: u64,
     /// How long a ban lasts, in seconds.
@@ -221,7 +221,6 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 60,
             ping_interval_secs: 20,
             max_connections: 10_000,
-            max_connections_per_ip: 256,
             outbound_queue: 256,
             write_timeout_secs: 10,
             drain_timeout_secs: 10,
@@ -234,11 +233,12 @@ impl Default for FirewallSection {
         FirewallSection {
             allow: Vec::new(),
             deny: Vec::new(),
-            handshake_rate_per_sec: 50,
+            max_connections_per_ip: 256,
+            handshakes_per_sec_per_ip: 50,
             handshake_burst: 100,
-            message_rate_per_sec: 1000,
+            messages_per_sec: 1000,
             message_burst: 2000,
-            ban_after_failures: 10,
+            ban_after_auth_failures: 10,
             ban_window_secs: 60,
             ban_secs: 900,
             allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
@@ -323,7 +323,7 @@ impl Config {
         positive("limits.handshake_timeout_secs", l.handshake_timeout_secs)?;
         positive("limits.idle_timeout_secs", l.idle_timeout_secs)?;
         positive("limits.max_connections", l.max_connections as u64)?;
-        positive("limits.max_connections_per_ip", l.max_connections_per_ip as u64)?;
+        positive("firewall.max_connections_per_ip", self.firewall.max_connections_per_ip as u64)?;
         positive("limits.outbound_queue", l.outbound_queue as u64)?;
         positive("limits.write_timeout_secs", l.write_timeout_secs)?;
         positive("secure.auth_timeout_secs", self.secure.auth_timeout_secs)?;

@@ -238,12 +238,12 @@ fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
     fc.deny = nets("firewall.deny", &f.deny)?;
     fc.trusted_proxies = nets("firewall.trusted_proxies", &f.trusted_proxies)?;
     fc.max_connections = config.limits.max_connections;
-    fc.max_connections_per_ip = config.limits.max_connections_per_ip;
-    fc.handshake_rate_per_sec = f.handshake_rate_per_sec;
+    fc.max_connections_per_ip = f.max_connections_per_ip;
+    fc.handshake_rate_per_sec = f.handshakes_per_sec_per_ip;
     fc.handshake_burst = f.handshake_burst;
-    fc.message_rate_per_sec = f.message_rate_per_sec;
+    fc.message_rate_per_sec = f.messages_per_sec;
     fc.message_burst = f.message_burst;
-    fc.ban_after_failures = f.ban_after_failures;
+    fc.ban_after_failures = f.ban_after_auth_failures;
     fc.ban_window = Duration::from_secs(f.ban_window_secs);
     fc.ban_duration = Duration::from_secs(f.ban_secs);
     fc.allowed_origins = f.allowed_origins.clone();

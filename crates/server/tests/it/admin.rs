@@ -24,6 +24,9 @@ async fn metrics_expose_palisade_connections() {
     let resp = get(&server, "/metrics").await;
     assert_eq!(resp.status, 200);
     assert!(resp.body.contains("palisade_connections"), "metrics:\n{}", resp.body);
+    let open =
+        crate::support::metric(&resp.body, r#"palisade_connections_open{endpoint="secure"}"#);
+    assert_eq!(open, Some(1.0), "metrics:\n{}", resp.body);
 }
 
 #[tokio::test]

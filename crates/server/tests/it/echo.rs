@@ -67,3 +67,17 @@ async fn client_close_is_answered_with_1000() {
     ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(frame))).await.expect("send close");
     expect_close(&mut ws, 1000, None).await;
 }
+
+#[tokio::test]
+async fn client_ping_gets_pong() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start("");
+    let mut ws = connect(server.echo).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.expect("send ping");
+    let reply = tokio::time::timeout(crate::support::STEP, ws.next()).await.expect("pong in time");
+    match reply {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"are you there"),
+        other => panic!("expected pong, got {other:?}"),
+    }
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use crate::support::{
-    Server, authenticated, connect, expect_close, expect_text, round_trip, send_text,
+    Server, authenticated, connect, expect_close, expect_text, metric, round_trip, send_text,
 };
 
 const CONNECTIONS: usize = 1000;
@@ -39,6 +39,8 @@ async fn thousand_connections_at_once_all_echo() {
     eprintln!("{CONNECTIONS} connections opened and echoed in {:?}", started.elapsed());
     let resp = crate::support::http(server.admin, "GET", "/metrics", &[], "").await;
     assert_eq!(resp.status, 200);
+    let open = metric(&resp.body, r#"palisade_connections_open{endpoint="echo"}"#);
+    assert_eq!(open, Some(CONNECTIONS as f64), "metrics:\n{}", resp.body);
     drop(all);
 }
 
@@ -68,4 +70,12 @@ async fn sigterm_with_no_connections_exits_0_promptly() {
     server.terminate();
     let status = server.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_with_1001() {
+    let server = Server::start("limits.idle_timeout_secs = 1\nlimits.ping_interval_secs = 0");
+    let mut ws = connect(server.echo).await;
+    expect_close(&mut ws, 1001, Some("idle timeout")).await;
+    crate::support::assert_echo_serves(&server).await;
 }

@@ -156,3 +156,41 @@ async fn tokens_never_reach_the_logs() {
         server.assert_logs_never_contain(t.rsplit('.').next().expect("signature"));
     }
 }
+
+#[tokio::test]
+async fn sessions_over_the_per_user_cap_get_1008() {
+    let server = Server::start("secure.max_sessions_per_user = 1");
+    let mut first = authenticated(&server, "42").await;
+    let mut second = connect(server.secure).await;
+    send_text(&mut second, &server.token("42", 60)).await;
+    expect_close(&mut second, 1008, Some("too many sessions for this user")).await;
+    round_trip(&mut first, "first still works").await;
+    let _other_user = authenticated(&server, "43").await;
+}
+
+#[tokio::test]
+async fn message_flood_gets_1008_rate_limit_exceeded() {
+    let server = Server::start("firewall.message_rate_per_sec = 1\nfirewall.message_burst = 2");
+    let mut ws = connect(server.echo).await;
+    for i in 0..5 {
+        send_text(&mut ws, &format!("m{i}")).await;
+    }
+    expect_text(&mut ws, "Server received: m0").await;
+    expect_text(&mut ws, "Server received: m1").await;
+    expect_close(&mut ws, 1008, Some("rate limit exceeded")).await;
+}
+
+#[tokio::test]
+async fn error_in_a_session_is_logged_with_the_user_id() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start("");
+    let mut s = crate::support::raw_upgrade(server.secure).await;
+    let token = server.token("42", 60);
+    s.write_all(&crate::support::masked(0x1, true, token.as_bytes())).await.expect("write token");
+    // Then an unmasked frame.
+    s.write_all(&crate::support::frame(true, 0, 0x1, None, b"x")).await.expect("write frame");
+    assert_eq!(crate::support::read_close_code(&mut s).await, 1002);
+    let line = server.expect_error_line(&[("kind", "protocol"), ("endpoint", "secure")]);
+    assert_eq!(line["user_id"], "42", "{line}");
+    server.assert_logs_never_contain(&token);
+}

@@ -525,6 +525,11 @@ pub(crate) async fn http(
     HttpResponse { status, head: head.to_owned(), body: dechunk(head, body) }
 }
 
+/// The value of one sample (`name{labels}`) in a Prometheus exposition.
+pub(crate) fn metric(exposition: &str, sample: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// Undoes `Transfer-Encoding: chunked` when the head says so.
 fn dechunk(head: &str, body: &str) -> String {
     if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
