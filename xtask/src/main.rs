@@ -1,6 +1,9 @@
-//! Project automation: `cargo xtask run | token | ci`. Plain std, no dependencies.
+//! Project automation: `cargo xtask run | token | ci | autobahn | fuzz`. Plain std, no dependencies.
 
 #![allow(clippy::print_stdout)] // xtask talks to a person on stdout.
+
+mod autobahn;
+mod fuzz;
 
 use std::env;
 use std::fs;
@@ -26,8 +29,10 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("token") => token(&args[1..]),
         Some("ci") => ci(),
+        Some("autobahn") => autobahn::autobahn(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}");
+            print!("{USAGE}{}{}", autobahn::USAGE, fuzz::USAGE);
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
@@ -147,13 +148,15 @@ async fn connection<E: Endpoint>(
     drop(admission);
 }
 
-async fn upgrade<E: Endpoint>(
-    mut stream: TcpStream,
+/// Reads the upgrade request, asks the endpoint and answers it. Generic over the stream so the
+/// fuzz targets drive this same code over an in-memory pipe.
+pub(crate) async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     info: &ConnInfo,
     admission: &E::Admission,
     endpoint: &E,
     config: &TransportConfig,
-) -> Result<(WebSocketStream<TcpStream>, E::Handler), HandshakeError> {
+) -> Result<(WebSocketStream<S>, E::Handler), HandshakeError> {
     let checked = async {
         let raw = handshake::read_request(&mut stream, config.max_request_head_bytes).await?;
         let key = handshake::check_upgrade(&raw.request)?.clone();
