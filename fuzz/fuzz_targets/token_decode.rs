@@ -26,7 +26,7 @@ fn codec() -> &'static TokenCodec {
 
 fn signed(header: &[u8], payload: &[u8]) -> String {
     let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
-    let key = EncodingKey::from_secret(SECRET);
+    let key = EncodingKey::from_secret(SECRET).expect("hmac key");
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
         .expect("hmac signing");
     format!("{message}.{signature}")

@@ -205,6 +205,44 @@ enum Hostile {
     NonReader(usize),
 }
 
+// ---- permessage-deflate ----
+
+/// Compression is not supported (docs/conformance.md): an offer of permessage-deflate is
+/// declined (no `Sec-WebSocket-Extensions` in the 101), and a frame with RSV1 set, which is how
+/// a compressed frame is marked, is a protocol error (1002). So no message is ever inflated and
+/// there is no decompression bomb to defuse.
+#[tokio::test]
+async fn permessage_deflate_is_declined_and_compressed_frames_are_refused() {
+    let server = Server::start("");
+    let offer = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits");
+    let mut s = connect(server.echo).await;
+    let req = upgrade_request(server.echo, &[offer]);
+    s.write_all(req.as_bytes()).await.expect("write upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = timeout(STEP, s.read(&mut byte)).await.expect("head timed out").expect("read");
+        assert_eq!(n, 1, "closed during the head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ascii head").to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "an extension was accepted:\n{head}");
+
+    // A "compressed" text frame: RSV1 set; its payload, 33 bytes, inflates to 16 KiB of zeros
+    // (raw deflate, the trailing 00 00 ff ff removed as RFC 7692 says).
+    let bomb = [
+        0xec, 0xc1, 0x31, 0x01, 0x00, 0x00, 0x00, 0xc2, 0xa0, 0xf5, 0x4f, 0x6d, 0x0c, 0x1f, 0xa0,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x80, 0xb7, 0x01,
+    ];
+    let mut frame = masked_frame(0x1, &bomb);
+    frame[0] |= 0x40;
+    s.write_all(&frame).await.expect("write compressed frame");
+    expect_close_code(&mut s, 1002).await;
+    assert_eq!(server.metrics().await.matches("kind=\"protocol\"").count(), 1);
+}
+
 // ---- resource leak ----
 
 /// The connections of the leak test, as the issue asks: each fast path about 580 times, each
