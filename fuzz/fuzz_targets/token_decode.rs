@@ -27,8 +27,9 @@ fn codec() -> &'static TokenCodec {
 fn signed(header: &[u8], payload: &[u8]) -> String {
     let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
     let key = EncodingKey::from_secret(SECRET).expect("hmac key");
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
-        .expect("hmac signing");
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .expect("hmac signing");
     format!("{message}.{signature}")
 }
 
@@ -44,7 +45,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(claims) = codec().decode(&token, NOW) else { return };
     assert!(!claims.user_id.is_empty(), "verified claims without a user id");
-    let again = codec().encode(&claims).unwrap_or_else(|e| panic!("verified claims do not re-mint: {e}"));
-    let decoded = codec().decode(&again, NOW).unwrap_or_else(|e| panic!("re-minted token refused: {e}"));
+    let again =
+        codec().encode(&claims).unwrap_or_else(|e| panic!("verified claims do not re-mint: {e}"));
+    let decoded =
+        codec().decode(&again, NOW).unwrap_or_else(|e| panic!("re-minted token refused: {e}"));
     assert_eq!(decoded, claims, "claims changed through a re-mint");
 });
