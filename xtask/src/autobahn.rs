@@ -485,3 +485,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
