@@ -290,6 +290,8 @@ impl<H: Handler> Conn<H> {
         }
         match outcome {
             Outcome::PeerClosed { code, reason } => {
+                // 1005: no status code was present (RFC 6455 section 7.1.5).
+                self.state.metrics.close_received(endpoint, code.unwrap_or(1005));
                 tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = code.unwrap_or(close_code::NORMAL), reason = %reason, "closed by client");
             }
             Outcome::ServerClosed(close) => match close.code {
@@ -314,7 +316,7 @@ impl<H: Handler> Conn<H> {
                 {
                     return;
                 }
-                tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = ?code, error = %error, "connection error");
+                tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, error = %error, "connection error");
             }
         }
     }
@@ -366,8 +368,11 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 }
             }
             Auth::Open | Auth::Session { .. } => {
+                let started = Instant::now();
                 let app = self.state.app.clone();
-                app.on_message(&self.peer, msg, ctx).await
+                let result = app.on_message(&self.peer, msg, ctx).await;
+                self.metrics.message_handled(started.elapsed());
+                result
             }
             Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
         }
