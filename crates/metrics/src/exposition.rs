@@ -35,7 +35,9 @@ impl Collector for State {
         for (endpoint, counters) in &endpoints {
             let labels = [("endpoint", Escaped(endpoint))];
             let (sum, count, buckets) = counters.handling.buckets();
-            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
 
         let labeled: [(&str, &str, &str, &LabeledCounters); 5] = [

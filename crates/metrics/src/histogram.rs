@@ -5,8 +5,8 @@ use std::time::Duration;
 
 /// Upper bounds of the buckets, in seconds (the `+Inf` bucket is implicit).
 pub(crate) const BOUNDS_SECS: [f64; 14] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1, 1.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 1.0,
 ];
 
 /// Counts per bucket (not cumulative), a count and a sum in nanoseconds.

@@ -24,6 +24,7 @@
 
 pub mod app;
 pub mod config;
+pub mod posture;
 pub mod server;
 pub mod sessions;
 

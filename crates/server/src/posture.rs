@@ -54,12 +54,16 @@ pub fn findings(config: &Config) -> Vec<Finding> {
         );
     }
     if config.secure.enabled && !config.auth.require_exp {
-        add("auth.require_exp", "tokens without `exp` never expire; a stolen token works forever".into());
+        add(
+            "auth.require_exp",
+            "tokens without `exp` never expire; a stolen token works forever".into(),
+        );
     }
     if config.secure.enabled && config.auth.issuer.is_none() {
         add(
             "auth.issuer",
-            "`iss` is not checked: a token minted by another issuer sharing the key is accepted".into(),
+            "`iss` is not checked: a token minted by another issuer sharing the key is accepted"
+                .into(),
         );
     }
     if config.secure.enabled && config.auth.audience.is_none() {
@@ -70,7 +74,10 @@ pub fn findings(config: &Config) -> Vec<Finding> {
         );
     }
     if config.auth.leeway_secs > 60 {
-        add("auth.leeway_secs", format!("{} s of clock leeway keeps expired tokens alive", config.auth.leeway_secs));
+        add(
+            "auth.leeway_secs",
+            format!("{} s of clock leeway keeps expired tokens alive", config.auth.leeway_secs),
+        );
     }
     if config.secure.enabled
         && config.auth.algorithm.to_ascii_uppercase().starts_with("HS")
@@ -79,23 +86,35 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     {
         add(
             "PALISADE_JWT_SECRET",
-            format!("the HMAC secret is {} bytes; 48 or more random bytes are recommended", secret.0.len()),
+            format!(
+                "the HMAC secret is {} bytes; 48 or more random bytes are recommended",
+                secret.0.len()
+            ),
         );
     }
     if l.max_message_bytes > 1024 * 1024 {
         add(
             "limits.max_message_bytes",
-            format!("{} bytes per message lets a few clients use a lot of memory", l.max_message_bytes),
+            format!(
+                "{} bytes per message lets a few clients use a lot of memory",
+                l.max_message_bytes
+            ),
         );
     }
     if fw.handshakes_per_sec_per_ip == 0 {
-        add("firewall.handshakes_per_sec_per_ip", "handshakes are not rate limited per address".into());
+        add(
+            "firewall.handshakes_per_sec_per_ip",
+            "handshakes are not rate limited per address".into(),
+        );
     }
     if fw.messages_per_sec == 0 {
         add("firewall.messages_per_sec", "messages are not rate limited per connection".into());
     }
     if config.secure.enabled && fw.ban_after_auth_failures == 0 {
-        add("firewall.ban_after_auth_failures", "token guessing is never answered with a ban".into());
+        add(
+            "firewall.ban_after_auth_failures",
+            "token guessing is never answered with a ban".into(),
+        );
     }
     if config.secure.enabled && config.secure.max_sessions_per_user == 0 {
         add("secure.max_sessions_per_user", "one user may open unlimited sessions".into());
@@ -141,7 +160,11 @@ mod tests {
     fn unbounded_settings_are_flagged() {
         check(
             "[auth]\nrequire_exp = false\n[firewall]\nmessages_per_sec = 0\nhandshakes_per_sec_per_ip = 0\n",
-            &["auth.require_exp", "firewall.handshakes_per_sec_per_ip", "firewall.messages_per_sec"],
+            &[
+                "auth.require_exp",
+                "firewall.handshakes_per_sec_per_ip",
+                "firewall.messages_per_sec",
+            ],
         );
     }
 
