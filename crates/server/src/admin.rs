@@ -72,7 +72,11 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             == palisade_digest::sha256(expected.as_slice());
         if !ok {
             tracing::warn!(endpoint = "admin", kind = "admin_auth", path = %req.uri().path(), "admin call refused: missing or wrong bearer token");
-            return (StatusCode::UNAUTHORIZED, "missing or wrong admin bearer token\n")
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"palisade-admin\"")],
+                "missing or wrong admin bearer token\n",
+            )
                 .into_response();
         }
     }
