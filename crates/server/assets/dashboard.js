@@ -505,7 +505,8 @@
 
   const CHART_W = 600;
   const CHART_H = 150;
-  const TOP = 14;
+  const TOP = 16;
+  const BOTTOM = 16;
 
   function svg(name, attrs) {
     const el = document.createElementNS(SVG_NS, name);
@@ -529,17 +530,17 @@
     let max = 0;
     for (const s of series) for (const point of history) max = Math.max(max, point[s.key] || 0);
     max = niceMax(max);
-    const y = (v) => TOP + (CHART_H - TOP - 2) * (1 - v / max);
+    const y = (v) => TOP + (CHART_H - TOP - BOTTOM) * (1 - v / max);
     const x = (t) => ((t - start) / span) * CHART_W;
     const nodes = [];
     for (const f of [0, 0.5, 1]) {
       nodes.push(svg("line", { x1: 0, x2: CHART_W, y1: y(max * f), y2: y(max * f), class: "grid" }));
     }
-    const top = svg("text", { x: 4, y: 11, class: "axis" });
+    const top = svg("text", { x: 4, y: 12, class: "axis" });
     top.textContent = format(max);
-    const left = svg("text", { x: 4, y: CHART_H - 4, class: "axis" });
+    const left = svg("text", { x: 4, y: CHART_H - 3, class: "axis" });
     left.textContent = `${duration(Math.round(span / 1000))} ago`;
-    const right = svg("text", { x: CHART_W - 4, y: CHART_H - 4, class: "axis end" });
+    const right = svg("text", { x: CHART_W - 4, y: CHART_H - 3, class: "axis end" });
     right.textContent = "now";
     nodes.push(top, left, right);
     for (const s of series) {

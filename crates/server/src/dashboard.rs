@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -107,7 +107,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// Headers every dashboard response carries.
-fn security_headers(headers: &mut axum::http::HeaderMap) {
+fn security_headers(headers: &mut HeaderMap) {
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -123,8 +123,13 @@ fn security_headers(headers: &mut axum::http::HeaderMap) {
 
 async fn feed(State(state): State<AdminState>, Extension(slots): Extension<FeedSlots>) -> Response {
     let Ok(permit) = slots.0.try_acquire_owned() else {
-        tracing::warn!(endpoint = "admin", kind = "capacity", "dashboard feed refused: too many open feeds");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many dashboard feeds open\n").into_response();
+        tracing::warn!(
+            endpoint = "admin",
+            kind = "capacity",
+            "dashboard feed refused: too many open feeds"
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many dashboard feeds open\n")
+            .into_response();
     };
     let mut response = Sse::new(snapshots(state, permit)).into_response();
     let headers = response.headers_mut();

@@ -23,7 +23,9 @@ use fantoccini::elements::Element;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::{SinkExt, StreamExt};
-use support::{Server, authenticated, connect, expect_close, http, round_trip, send_text};
+use support::{
+    Server, authenticated, connect, expect_close, expect_text, http, round_trip, send_text,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -70,8 +72,11 @@ async fn page_loads_with_a_strict_policy_and_no_console_errors() {
         browser.open_dashboard(server.admin).await;
         browser.wait_live().await;
         // Two snapshots give the first rates and the first chart points.
-        browser.wait_text("messages-in-rate", "a rate after two snapshots", |t| t.ends_with("/s")).await;
-        let lines = browser.client.find_all(Locator::Css("svg[data-testid=chart-messages] polyline")).await;
+        browser
+            .wait_text("messages-in-rate", "a rate after two snapshots", |t| t.ends_with("/s"))
+            .await;
+        let lines =
+            browser.client.find_all(Locator::Css("svg[data-testid=chart-messages] polyline")).await;
         assert!(!lines.expect("find polylines").is_empty(), "the message chart has no line");
         assert_eq!(browser.text("page-errors").await, "0", "script errors on the page");
         browser.assert_console_clean().await;
@@ -235,7 +240,14 @@ async fn without_the_admin_token_the_page_shows_no_data() {
         for id in ["connections-open", "messages-in-total", "sessions-active", "bans-active"] {
             assert_eq!(browser.text(id).await, "–", "{id} shows data without the token");
         }
-        assert!(browser.client.find_all(Locator::Css("tr[data-session-id]")).await.expect("find").is_empty());
+        assert!(
+            browser
+                .client
+                .find_all(Locator::Css("tr[data-session-id]"))
+                .await
+                .expect("find")
+                .is_empty()
+        );
 
         browser.fill("token-input", "not-the-token").await;
         browser.click("[data-testid=token-submit]").await;
@@ -301,9 +313,10 @@ async fn screenshot_of_the_dashboard_under_load() {
                     assert!(matches!(reply, Some(Ok(Message::Text(_)))), "{reply:?}");
                 }
             }
-            if second % 3 == 0 {
+            if second.is_multiple_of(3) {
                 let mut bad = connect(server.secure).await;
                 send_text(&mut bad, "not.a.token").await;
+                expect_text(&mut bad, "Invalid Token").await;
                 expect_close(&mut bad, 1008, None).await;
                 // A peer that vanishes without a close frame.
                 drop(TcpStream::connect(server.echo).await);
@@ -339,7 +352,9 @@ async fn screenshot_of_the_dashboard_under_load() {
 /// Runs one test body under the browser lock and [`TEST_LIMIT`].
 async fn bounded(test: impl Future<Output = ()>) {
     let _one_at_a_time = BROWSER_LOCK.lock().await;
-    timeout(TEST_LIMIT, test).await.unwrap_or_else(|_| panic!("test took longer than {TEST_LIMIT:?}"));
+    timeout(TEST_LIMIT, test)
+        .await
+        .unwrap_or_else(|_| panic!("test took longer than {TEST_LIMIT:?}"));
 }
 
 /// The id of `user_id`'s session, from `GET /sessions`.
@@ -479,9 +494,12 @@ impl Browser {
                 }
             }
         }
-        let log = std::fs::read_to_string(profile.path().join("chromedriver.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(profile.path().join("chromedriver.log")).unwrap_or_default();
         let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-        panic!("cannot start headless Chromium: {last_error}\nchromedriver log (last lines, newest first):\n{tail}");
+        panic!(
+            "cannot start headless Chromium: {last_error}\nchromedriver log (last lines, newest first):\n{tail}"
+        );
     }
 
     async fn open_dashboard(&self, admin: SocketAddr) {
@@ -655,10 +673,10 @@ async fn connect_driver(
     });
     let serde_json::Value::Object(capabilities) = capabilities else { unreachable!() };
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let connecting = ClientBuilder::new(connector)
-        .capabilities(capabilities)
-        .connect(&format!("http://127.0.0.1:{port}/"));
-    match timeout(Duration::from_secs(30), connecting).await {
+    let mut builder = ClientBuilder::new(connector);
+    builder.capabilities(capabilities);
+    let url = format!("http://127.0.0.1:{port}/");
+    match timeout(Duration::from_secs(30), builder.connect(&url)).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(format!("new WebDriver session: {e}")),
         Err(_) => Err("new WebDriver session: timed out".into()),

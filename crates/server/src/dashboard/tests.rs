@@ -47,7 +47,8 @@ fn script_inserts_values_as_text_only() {
 
 #[test]
 fn page_carries_the_stable_test_ids() {
-    for id in ["connections-open", "messages-in-total", "errors-total", "sessions-active", "bans-active"]
+    for id in
+        ["connections-open", "messages-in-total", "errors-total", "sessions-active", "bans-active"]
     {
         assert!(PAGE.contains(&format!(r#"data-testid="{id}""#)), "page lacks data-testid {id}");
     }
