@@ -347,6 +347,54 @@ async fn screenshot_of_the_dashboard_under_load() {
     .await;
 }
 
+#[tokio::test]
+async fn feed_ends_when_the_server_shuts_down() {
+    bounded(async {
+        let mut server = Server::start("limits.drain_timeout_secs = 5");
+        let (mut feed, _) = open_feed(server.admin, None).await;
+        server.terminate();
+        let ended = timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            while feed.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the feed is still open after SIGTERM");
+        let status = server.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "palisade exited with {status} while a feed was open");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn feed_refuses_clients_beyond_sixteen() {
+    bounded(async {
+        let server = Server::start("");
+        let mut feeds = Vec::new();
+        for _ in 0..16 {
+            feeds.push(open_feed(server.admin, None).await.0);
+        }
+        let refused = http(server.admin, "GET", "/dashboard/feed", &[], "").await;
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert_eq!(refused.body.trim(), "too many dashboard feeds open");
+        // A closed feed frees its slot once the server notices (at its next event).
+        drop(feeds.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = TcpStream::connect(server.admin).await.expect("connect admin");
+            let req = format!("GET /dashboard/feed HTTP/1.1\r\nHost: {}\r\n\r\n", server.admin);
+            s.write_all(req.as_bytes()).await.expect("write request");
+            let mut head = [0u8; 12];
+            timeout(support::STEP, s.read_exact(&mut head)).await.expect("answer").expect("read");
+            if head.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the slot of a closed feed was not freed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
 // ---- helpers ----
 
 /// Runs one test body under the browser lock and [`TEST_LIMIT`].
@@ -372,9 +420,17 @@ async fn session_id_of(server: &Server, user_id: &str) -> String {
 
 /// Reads the feed over raw HTTP with `token` until its first event; returns its JSON.
 async fn first_feed_event(admin: SocketAddr, token: &str) -> serde_json::Value {
+    let (_stream, event) = open_feed(admin, Some(token)).await;
+    event
+}
+
+/// Opens the feed over raw HTTP and reads its first event; returns the open stream and the
+/// event's JSON.
+async fn open_feed(admin: SocketAddr, token: Option<&str>) -> (TcpStream, serde_json::Value) {
     let mut s = TcpStream::connect(admin).await.expect("connect admin");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!(
-        "GET /dashboard/feed HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+        "GET /dashboard/feed HTTP/1.1\r\nHost: {admin}\r\n{auth}\
          Accept: text/event-stream\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("write request");
@@ -402,7 +458,9 @@ async fn first_feed_event(admin: SocketAddr, token: &str) -> serde_json::Value {
         .lines()
         .find_map(|l| l.strip_prefix("data: "))
         .unwrap_or_else(|| panic!("no data line: {body}"));
-    serde_json::from_str(data).unwrap_or_else(|e| panic!("feed data is not JSON ({e}): {data}"))
+    let event = serde_json::from_str(data)
+        .unwrap_or_else(|e| panic!("feed data is not JSON ({e}): {data}"));
+    (s, event)
 }
 
 fn toml_path(path: &Path) -> String {
@@ -423,12 +481,15 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 
 /// Chromium and chromedriver, from the environment or `PATH`.
 fn browser_programs() -> Result<(PathBuf, PathBuf), String> {
-    let chromium = std::env::var_os("PALISADE_CHROMIUM")
-        .map(PathBuf::from)
-        .or_else(|| which(&["chromium", "chromium-browser", "google-chrome"]));
-    let driver = std::env::var_os("PALISADE_CHROMEDRIVER")
-        .map(PathBuf::from)
-        .or_else(|| which(&["chromedriver"]));
+    let from_env = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_file());
+    let chromium = match std::env::var_os("PALISADE_CHROMIUM") {
+        Some(_) => from_env("PALISADE_CHROMIUM"),
+        None => which(&["chromium", "chromium-browser", "google-chrome"]),
+    };
+    let driver = match std::env::var_os("PALISADE_CHROMEDRIVER") {
+        Some(_) => from_env("PALISADE_CHROMEDRIVER"),
+        None => which(&["chromedriver"]),
+    };
     match (chromium, driver) {
         (Some(c), Some(d)) => Ok((c, d)),
         (c, d) => Err(format!(
