@@ -24,10 +24,12 @@
 
 pub mod app;
 pub mod config;
+pub mod posture;
 pub mod server;
 pub mod sessions;
 
 mod admin;
+mod dashboard;
 mod endpoints;
 
 pub use endpoints::replies;
