@@ -20,7 +20,7 @@ commands:
                            development secret in .dev/ (generated on first run)
   token --user-id ID [--ttl 1h] [--email a@example.com]
                            print a token signed with the development secret
-  ci                       what CI runs: fmt --check, clippy -D warnings, test
+  ci                       what CI runs: fmt --check, clippy -D warnings, test, autobahn
 ";
 
 fn main() -> ExitCode {
@@ -165,6 +165,8 @@ fn ci() -> Result<(), String> {
         c.args(step);
         status(c)?;
     }
+    println!("xtask ci: cargo xtask autobahn");
+    autobahn::autobahn(&[])?;
     println!("xtask ci: all green");
     Ok(())
 }
