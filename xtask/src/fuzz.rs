@@ -92,6 +92,16 @@ fn run_one(target: &str, secs: u64) -> Result<(String, bool), String> {
     let work = root.join("fuzz/target/corpus").join(target);
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let seeds = root.join("fuzz/corpus").join(target);
+    // Build first, so the time reported is fuzzing time.
+    let mut build = Command::new(cargo_bin());
+    build.current_dir(&root).env("RUSTC_BOOTSTRAP", "1").args([
+        "fuzz",
+        "build",
+        "--fuzz-dir",
+        "fuzz",
+        target,
+    ]);
+    crate::status(build)?;
     let mut cmd = Command::new(cargo_bin());
     cmd.current_dir(&root)
         .env("RUSTC_BOOTSTRAP", "1")
