@@ -42,10 +42,18 @@ enum Command {
     },
     /// Check the configuration and exit.
     Check,
+    /// Check or read the audit trail (docs/audit.md); needs no configuration.
+    Audit {
+        #[command(subcommand)]
+        command: palisade_server::audit::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit { command }) = &cli.command {
+        return palisade_server::audit::run(command);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -74,6 +82,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("configuration ok");
             Ok(())
         }
+        // Run by `main` before any configuration is loaded.
+        Command::Audit { .. } => Ok(()),
         Command::Token { user_id, ttl, email } => {
             let ttl = parse_ttl(&ttl)?;
             let token = palisade_server::server::mint(&config, &user_id, ttl, email.as_deref())?;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Handler;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::endpoints::{Kind, State, WsEndpoint};
 use crate::sessions::SessionRegistry;
@@ -33,6 +34,7 @@ pub struct Server {
     pub firewall: Firewall,
     /// Traffic counters.
     pub metrics: Metrics,
+    audit: Audit,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -58,6 +60,7 @@ impl Server {
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
+        let audit = Audit::open(&config.audit)?;
         let state = Arc::new(State::new(
             Arc::new(app),
             codec,
@@ -66,7 +69,8 @@ impl Server {
             metrics.clone(),
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
-        ));
+        )
+        .with_audit(audit.clone()));
         let transport = Arc::new(config.transport());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -110,6 +114,7 @@ impl Server {
                 metrics: metrics.clone(),
                 token: admin_token.map(Arc::new),
                 ban_duration: Duration::from_secs(config.firewall.ban_secs),
+                audit: audit.clone(),
             };
             tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
             Some(addr)
@@ -141,6 +146,7 @@ impl Server {
             sessions,
             firewall,
             metrics,
+            audit,
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
@@ -152,7 +158,10 @@ impl Server {
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
+        // After the sessions have ended, so their records are in; logs the final head.
+        self.audit.close();
+        drained
     }
 
     /// A token that is cancelled when shutdown begins.

@@ -62,3 +62,16 @@ fn env_overrides_log_level() {
     c.apply_env([("PALISADE_LOG_LEVEL".to_string(), "debug".to_string())]);
     assert_eq!(c.log.level, "debug");
 }
+
+#[test]
+fn audit_is_off_by_default_and_its_zero_sizes_are_refused() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.audit.file, None);
+    let c = Config::from_toml("[audit]\nfile = \"audit.log\"\nmax_files = 3\n").unwrap();
+    assert_eq!(c.audit.file.as_deref(), Some(std::path::Path::new("audit.log")));
+    assert_eq!((c.audit.max_files, c.audit.queue), (3, 4096));
+    check_err("[audit]\nqueue = 0\n", "audit.queue must be greater than 0");
+    check_err("[audit]\nmax_files = 0\n", "audit.max_files must be greater than 0");
+    check_err("[audit]\nmax_file_bytes = 0\n", "audit.max_file_bytes must be greater than 0");
+    check_err("[audit]\nfiles = \"x\"\n", "files");
+}
