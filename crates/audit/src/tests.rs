@@ -541,12 +541,8 @@ fn full_queue_drops_into_one_dropped_record_without_stalling() {
 #[test]
 fn records_after_close_are_lost_quietly() {
     let (_dir, file, head) = write(vec![auth_ok("a")]);
-    let log = open(&AuditConfig {
-        file: file.clone(),
-        max_file_bytes: 1 << 20,
-        max_files: 1,
-        queue: 4,
-    });
+    let log =
+        open(&AuditConfig { file: file.clone(), max_file_bytes: 1 << 20, max_files: 1, queue: 4 });
     assert_eq!(log.close(), Some(head));
     log.record(auth_ok("late"));
     assert_eq!(log.close(), Some(head));
@@ -629,7 +625,11 @@ fn refusals_reach_the_file_at_close() {
 // ---- properties ----
 
 fn any_text() -> impl Strategy<Value = String> {
-    prop_oneof![any::<String>(), "[a-z\n\r\"\\\\{}]{0,20}", Just("\u{2028}\u{0}\u{1b}[31m".to_owned())]
+    prop_oneof![
+        any::<String>(),
+        "[a-z\n\r\"\\\\{}]{0,20}",
+        Just("\u{2028}\u{0}\u{1b}[31m".to_owned())
+    ]
 }
 
 fn any_event() -> impl Strategy<Value = Event> {

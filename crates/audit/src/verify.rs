@@ -71,7 +71,9 @@ impl fmt::Display for BreakKind {
         match self {
             BreakKind::Malformed => f.write_str("not a whole audit record"),
             BreakKind::Edited => f.write_str("record edited"),
-            BreakKind::Deleted { missing } => write!(f, "{missing} record(s) deleted before this line"),
+            BreakKind::Deleted { missing } => {
+                write!(f, "{missing} record(s) deleted before this line")
+            }
             BreakKind::Reordered => f.write_str("record out of order"),
             BreakKind::Inserted => f.write_str("line inserted"),
             BreakKind::Truncated { missing } => {
@@ -218,12 +220,15 @@ fn classify(
     let next_fields = next.and_then(|n| n.fields.as_ref());
     // The first record and this one changed places (further on, the check below sees a swap
     // at its first line).
-    if before_last.is_none() && fields.seq.checked_add(1) == Some(last.seq) && last.prev == rec.hash {
+    if before_last.is_none() && fields.seq.checked_add(1) == Some(last.seq) && last.prev == rec.hash
+    {
         return (last.loc, BreakKind::Reordered);
     }
     // This record and the next one changed places.
-    if next.is_some_and(|n| next_fields.is_some_and(|nf| nf.seq.checked_add(1) == Some(fields.seq)) && fields.prev == n.hash)
-    {
+    if next.is_some_and(|n| {
+        next_fields.is_some_and(|nf| nf.seq.checked_add(1) == Some(fields.seq))
+            && fields.prev == n.hash
+    }) {
         return (rec.loc, BreakKind::Reordered);
     }
     // The next record links to the last one: this line is extra.
@@ -245,9 +250,13 @@ fn classify(
             Some(n) => n.links_to(rec.hash, fields.seq.saturating_add(1)),
             None => anchors.get(&fields.seq).is_none_or(|a| *a == rec.hash),
         };
-        return if confirmed { (last.loc, BreakKind::Edited) } else { (rec.loc, BreakKind::Edited) };
+        return if confirmed {
+            (last.loc, BreakKind::Edited)
+        } else {
+            (rec.loc, BreakKind::Edited)
+        };
     }
-    if fields.seq > expect && !next_fields.is_some_and(|nf| nf.seq == expect) {
+    if fields.seq > expect && next_fields.is_none_or(|nf| nf.seq != expect) {
         return (rec.loc, BreakKind::Deleted { missing: fields.seq - expect });
     }
     (rec.loc, BreakKind::Reordered)

@@ -297,12 +297,10 @@ where
 /// INFO or more severe, so their fields give the error lines context.
 fn error_file_filter() -> impl Filter<Registry> + Send + Sync + 'static {
     filter::filter_fn(|meta| {
-        if !meta.is_event() {
-            *meta.level() <= Level::INFO
-        } else if meta.target() == ANCHOR_TARGET {
-            *meta.level() <= Level::INFO
-        } else {
+        if meta.is_event() && meta.target() != ANCHOR_TARGET {
             *meta.level() == Level::ERROR
+        } else {
+            *meta.level() <= Level::INFO
         }
     })
     .with_max_level_hint(LevelFilter::INFO)

@@ -42,7 +42,8 @@ impl Audit {
             max_files: section.max_files,
             queue: section.queue,
         };
-        let log = AuditLog::open(&config, notice).context("cannot open the audit trail (audit.file)")?;
+        let log =
+            AuditLog::open(&config, notice).context("cannot open the audit trail (audit.file)")?;
         log_head(log.head(), log.path(), "start");
         Ok(Audit(Some(log)))
     }
@@ -93,8 +94,12 @@ fn notice(notice: Notice<'_>) {
 /// INFO event with the anchor target, which the error log takes at any level.
 fn log_head(head: Option<Head>, file: &Path, at: &'static str) {
     match head {
-        Some(h) => tracing::info!(target: palisade_errlog::ANCHOR_TARGET, audit_seq = h.seq, audit_head = %h.hash, audit_file = %file.display(), at, "{HEAD_MESSAGE}"),
-        None => tracing::info!(target: palisade_errlog::ANCHOR_TARGET, audit_file = %file.display(), at, "audit trail empty"),
+        Some(h) => {
+            tracing::info!(target: palisade_errlog::ANCHOR_TARGET, audit_seq = h.seq, audit_head = %h.hash, audit_file = %file.display(), at, "{HEAD_MESSAGE}")
+        }
+        None => {
+            tracing::info!(target: palisade_errlog::ANCHOR_TARGET, audit_file = %file.display(), at, "audit trail empty")
+        }
     }
 }
 
@@ -247,14 +252,21 @@ fn verify(
                 (Some(first), Some(head)) => format!("seq {first}..={}, head {head}", head.seq),
                 _ => "no records".to_owned(),
             };
-            writeln!(out, "audit chain intact: {} records in {} file(s), {range}", s.records, s.files)?;
+            writeln!(
+                out,
+                "audit chain intact: {} records in {} file(s), {range}",
+                s.records, s.files
+            )?;
             writeln!(
                 out,
                 "anchors: {} checked, {} older than these files; records dropped under load: {}",
                 s.anchors_checked, s.anchors_unchecked, s.dropped
             )?;
             if heads.is_empty() {
-                writeln!(out, "warning: no anchor given, so a cut-off tail cannot be detected (pass --anchors websocket_errors.log or --head SEQ:HEX)")?;
+                writeln!(
+                    out,
+                    "warning: no anchor given, so a cut-off tail cannot be detected (pass --anchors websocket_errors.log or --head SEQ:HEX)"
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -268,7 +280,8 @@ fn verify(
 
 /// The heads written to an error log (JSON lines) by this server.
 fn anchors_in(path: &Path) -> anyhow::Result<Vec<Head>> {
-    let file = File::open(path).with_context(|| format!("cannot read --anchors {}", path.display()))?;
+    let file =
+        File::open(path).with_context(|| format!("cannot read --anchors {}", path.display()))?;
     let mut heads = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line.with_context(|| format!("cannot read --anchors {}", path.display()))?;

@@ -255,7 +255,9 @@ impl<H: Handler> Conn<H> {
                 if let Some(ban) =
                     self.state.firewall.record_auth_failure(self.peer.client_ip, Instant::now())
                 {
-                    self.state.audit.record(|| audit::ban(self.peer.client_ip, ban, "auth_failures"));
+                    self.state
+                        .audit
+                        .record(|| audit::ban(self.peer.client_ip, ban, "auth_failures"));
                     tracing::warn!(client_ip = %self.peer.client_ip, ban_secs = ban.as_secs(), "address banned after repeated authentication failures");
                 }
             }

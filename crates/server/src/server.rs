@@ -61,7 +61,7 @@ impl Server {
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
         let audit = Audit::open(&config.audit)?;
-        let state = Arc::new(State::new(
+        let state = State::new(
             Arc::new(app),
             codec,
             sessions.clone(),
@@ -69,8 +69,8 @@ impl Server {
             metrics.clone(),
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
-        )
-        .with_audit(audit.clone()));
+        );
+        let state = Arc::new(state.with_audit(audit.clone()));
         let transport = Arc::new(config.transport());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();

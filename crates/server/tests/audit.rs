@@ -76,7 +76,8 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = lines.recv_timeout(left) else {
                 let _ = child.kill();
-                let err = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                let err =
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
                 panic!("palisade did not print its addresses\nconfig:\n{config}\nstderr:\n{err}");
             };
             let addr = |prefix: &str| -> Option<SocketAddr> {
@@ -208,13 +209,22 @@ async fn auth(server: &Server, token: &str, reply: &str) -> Ws {
 }
 
 /// One HTTP/1.1 request to the admin API; returns status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, bearer: &str, body: &str) -> (u16, String) {
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = timeout(STEP, TcpStream::connect(addr)).await.unwrap().unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {bearer}\r\n"
     );
     if !body.is_empty() {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -231,7 +241,9 @@ async fn http(addr: SocketAddr, method: &str, path: &str, bearer: &str, body: &s
 fn records(files: &[PathBuf]) -> Vec<Value> {
     files
         .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|f| {
+            std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>()
+        })
         .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
 }
@@ -324,28 +336,79 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
     let end = find(&recs, "session_end", &[("session", start["session"].clone())]);
     assert_eq!((&end["by"], &end["close_code"]), (&"client".into(), &1000.into()));
     find(&recs, "auth_ok", &[("user_id", forged_user.into())]);
-    find(&recs, "session_end", &[("user_id", forged_user.into()), ("by", "server".into()), ("close_code", 1008.into())]);
+    find(
+        &recs,
+        "session_end",
+        &[("user_id", forged_user.into()), ("by", "server".into()), ("close_code", 1008.into())],
+    );
     find(&recs, "auth_failed", &[("reason", "timeout".into()), ("token", Value::Null)]);
-    find(&recs, "auth_failed", &[("reason", "expired".into()), ("token", Fingerprint::of(&expired).to_string().into())]);
+    find(
+        &recs,
+        "auth_failed",
+        &[("reason", "expired".into()), ("token", Fingerprint::of(&expired).to_string().into())],
+    );
     find(&recs, "auth_failed", &[("reason", "bad_signature".into())]);
     find(&recs, "auth_failed", &[("reason", "malformed".into())]);
-    find(&recs, "ban", &[("ip", ip.clone()), ("cause", "auth_failures".into()), ("secs", 900.into())]);
+    find(
+        &recs,
+        "ban",
+        &[("ip", ip.clone()), ("cause", "auth_failures".into()), ("secs", 900.into())],
+    );
     let refused = find(&recs, "firewall_refused", &[("ip", ip.clone())]);
     assert_eq!(refused["reasons"]["banned"], refused["count"]);
     assert!(refused["count"].as_u64().unwrap() >= 3, "{refused}");
     let admin = Value::from(Fingerprint::of(ADMIN_TOKEN).to_string());
     let wrong = Value::from(Fingerprint::of("wrong-admin-token").to_string());
-    find(&recs, "admin_call", &[("admin", wrong), ("method", "GET".into()), ("path", "/sessions".into()), ("status", 401.into())]);
-    find(&recs, "admin_call", &[("admin", admin.clone()), ("method", "DELETE".into()), ("path", path.into()), ("status", 200.into())]);
+    find(
+        &recs,
+        "admin_call",
+        &[
+            ("admin", wrong),
+            ("method", "GET".into()),
+            ("path", "/sessions".into()),
+            ("status", 401.into()),
+        ],
+    );
+    find(
+        &recs,
+        "admin_call",
+        &[
+            ("admin", admin.clone()),
+            ("method", "DELETE".into()),
+            ("path", path.into()),
+            ("status", 200.into()),
+        ],
+    );
     find(&recs, "revoked", &[("session", session.into()), ("sessions", 1.into())]);
     find(&recs, "revoked", &[("user_id", "alice".into()), ("sessions", 0.into())]);
     find(&recs, "unban", &[("ip", ip), ("cause", "admin".into())]);
-    find(&recs, "ban", &[("ip", "192.0.2.7".into()), ("secs", 60.into()), ("cause", "admin".into())]);
-    find(&recs, "admin_call", &[("admin", admin), ("method", "POST".into()), ("path", "/bans".into()), ("status", 201.into())]);
+    find(
+        &recs,
+        "ban",
+        &[("ip", "192.0.2.7".into()), ("secs", 60.into()), ("cause", "admin".into())],
+    );
+    find(
+        &recs,
+        "admin_call",
+        &[
+            ("admin", admin),
+            ("method", "POST".into()),
+            ("path", "/bans".into()),
+            ("status", 201.into()),
+        ],
+    );
 
     // No secret and no e-mail address in the file; the newline stayed inside its record.
     let text = std::fs::read_to_string(&file).unwrap();
-    for secret in [good.as_str(), &mallory, &expired, &wrong_key, "alice@example.com", ADMIN_TOKEN, "wrong-admin-token"] {
+    for secret in [
+        good.as_str(),
+        &mallory,
+        &expired,
+        &wrong_key,
+        "alice@example.com",
+        ADMIN_TOKEN,
+        "wrong-admin-token",
+    ] {
         assert!(!text.contains(secret), "audit file holds {secret:?}");
     }
     assert_eq!(text.lines().count(), recs.len());
@@ -367,7 +430,11 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
     let e = e.to_str().unwrap();
     let out = palisade_audit(&["verify", "--anchors", e, f]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(stdout(&out).contains(&format!("audit chain intact: {} records", recs.len())), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("audit chain intact: {} records", recs.len())),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("anchors: 1 checked"), "the shutdown head: {}", stdout(&out));
 
     // tail prints the last records readably, the forged newline escaped.
@@ -376,7 +443,9 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
     let shown = stdout(&out);
     assert_eq!(shown.lines().count(), recs.len());
     assert!(shown.contains(r#"user_id="mallory\n{\"seq\":0,"#), "{shown}");
-    assert!(shown.lines().all(|l| l.starts_with(recs[0]["ts"].as_str().unwrap().get(..4).unwrap())));
+    assert!(
+        shown.lines().all(|l| l.starts_with(recs[0]["ts"].as_str().unwrap().get(..4).unwrap()))
+    );
 
     // One edited byte: exit 1, with the line.
     let lines: Vec<&str> = text.lines().collect();
@@ -420,26 +489,38 @@ async fn rotation_keeps_one_chain_that_tail_follows() {
     let followed = read_lines(tail.stdout.take().unwrap());
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..20 {
-        let mut ws = auth(&server, &token(&format!("user{i}"), 60, None, SECRET), "Authenticated!").await;
+        let mut ws =
+            auth(&server, &token(&format!("user{i}"), 60, None, SECRET), "Authenticated!").await;
         close(&mut ws).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("session_end") && l.contains("user_id=\"user19\"")) {
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("session_end") && l.contains("user_id=\"user19\""))
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         match followed.recv_timeout(left) {
             Ok(line) => seen.push(line),
-            Err(_) => panic!("tail -f did not show user19's session end; it printed:\n{}", seen.join("\n")),
+            Err(_) => panic!(
+                "tail -f did not show user19's session end; it printed:\n{}",
+                seen.join("\n")
+            ),
         }
     }
     let _ = tail.kill();
     let _ = tail.wait();
-    assert!(seen.iter().any(|l| l.contains("auth_ok") && l.contains("user_id=\"user0\"")), "{}", seen.join("\n"));
+    assert!(
+        seen.iter().any(|l| l.contains("auth_ok") && l.contains("user_id=\"user0\"")),
+        "{}",
+        seen.join("\n")
+    );
     server.stop();
 
     // The rotated files in the order a shell glob gives; verify puts them in chain order.
     let dir = file.parent().unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(files.len() >= 4, "{files:?}");
     let recs = records(&{
@@ -454,12 +535,17 @@ async fn rotation_keeps_one_chain_that_tail_follows() {
     let errors = std::fs::read_to_string(server.error_log()).unwrap();
     let rotations = errors.lines().filter(|l| l.contains(r#""at":"rotation""#)).count();
     assert_eq!(rotations, files.len() - 1, "one anchor per rotation:\n{errors}");
-    let mut args = vec!["verify", "--anchors", server.error_log().to_str().unwrap()];
+    let error_log = server.error_log();
+    let mut args = vec!["verify", "--anchors", error_log.to_str().unwrap()];
     let names: Vec<String> = files.iter().map(|f| f.to_str().unwrap().to_owned()).collect();
     args.extend(names.iter().map(String::as_str));
     let out = palisade_audit(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(stdout(&out).contains(&format!("60 records in {} file(s), seq 0..=59", files.len())), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("60 records in {} file(s), seq 0..=59", files.len())),
+        "{}",
+        stdout(&out)
+    );
 
     // Without one of the middle files the chain breaks at the start of the next.
     let missing = names.iter().position(|n| n.ends_with(".2")).unwrap();
