@@ -368,12 +368,27 @@ impl Config {
             "text" | "json" => {}
             other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),
         }
-        positive("log.max_files", self.log.max_files as u64)?;
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
+        if self.admin.enabled
+            && !self.admin.listen.ip().is_loopback()
+            && self.admin.token_file.is_none()
+        {
+            bail!(
+                "admin.listen {} is not a loopback address and admin.token_file is not set: \
+                 anyone who can reach it could revoke sessions and lift bans; set admin.token_file \
+                 or listen on 127.0.0.1",
+                self.admin.listen
+            );
+        }
         positive("audit.max_file_bytes", self.audit.max_file_bytes)?;
         positive("audit.max_files", self.audit.max_files as u64)?;
         positive("audit.queue", self.audit.queue as u64)?;
         Ok(())
+    }
+
+    /// True when the WebSocket listeners serve TLS.
+    pub fn tls_enabled(&self) -> bool {
+        false
     }
 
     /// The transport's limits from this configuration.

@@ -26,6 +26,7 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod posture;
 pub mod server;
 pub mod sessions;
 

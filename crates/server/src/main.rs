@@ -40,8 +40,12 @@ enum Command {
         #[arg(long)]
         email: Option<String>,
     },
-    /// Check the configuration and exit.
-    Check,
+    /// Check the configuration, list weak settings (security posture) and exit.
+    Check {
+        /// Treat every posture finding as an error (for deployment pipelines).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Check or read the audit trail (docs/audit.md); needs no configuration.
     Audit {
         #[command(subcommand)]
@@ -77,9 +81,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_ref())?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(config),
-        Command::Check => {
+        Command::Check { strict } => {
             palisade_server::server::check(&config)?;
-            println!("configuration ok");
+            let findings = palisade_server::posture::findings(&config);
+            for f in &findings {
+                println!("weak: {}: {}", f.key, f.why);
+            }
+            if strict && !findings.is_empty() {
+                anyhow::bail!("{} weak setting(s) found and --strict is set", findings.len());
+            }
+            println!("configuration ok ({} posture finding(s))", findings.len());
             Ok(())
         }
         // Run by `main` before any configuration is loaded.
