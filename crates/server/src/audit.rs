@@ -175,8 +175,7 @@ pub(crate) async fn admin_calls(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::admin::bearer_token)
         .filter(|t| !t.is_empty())
         .map(Fingerprint::of);
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
