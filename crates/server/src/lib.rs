@@ -29,6 +29,7 @@ pub mod server;
 pub mod sessions;
 
 mod admin;
+mod cluster;
 mod endpoints;
 
 pub use endpoints::replies;

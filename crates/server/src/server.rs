@@ -33,6 +33,8 @@ pub struct Server {
     pub firewall: Firewall,
     /// Traffic counters.
     pub metrics: Metrics,
+    /// State shared with the other nodes (in memory when `cluster.redis_url` is unset).
+    pub cluster: Arc<dyn palisade_cluster::SharedState>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -61,6 +63,7 @@ impl Server {
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
+        let (cluster, cluster_events) = crate::cluster::start(config).await?;
         let state = Arc::new(State::new(
             Arc::new(app),
             codec,
@@ -69,10 +72,19 @@ impl Server {
             metrics.clone(),
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
+            cluster.clone(),
         ));
         let transport = Arc::new(config.transport());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        crate::cluster::spawn_events(
+            cluster_events,
+            sessions.clone(),
+            firewall.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
 
         let mut addrs = [None, None];
         for (slot, (kind, enabled, listen)) in addrs.iter_mut().zip([
@@ -127,6 +139,7 @@ impl Server {
                 ban_duration: Duration::from_secs(config.firewall.ban_secs),
                 posture: Arc::new(crate::posture::findings(config)),
                 shutdown: shutdown.clone(),
+                cluster: cluster.clone(),
             };
             tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
             Some(addr)
@@ -158,6 +171,7 @@ impl Server {
             sessions,
             firewall,
             metrics,
+            cluster: cluster.state,
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
@@ -169,7 +183,9 @@ impl Server {
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
+        self.cluster.shutdown().await;
+        drained
     }
 
     /// A token that is cancelled when shutdown begins.
