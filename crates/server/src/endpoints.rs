@@ -45,6 +45,8 @@ pub(crate) struct State<H> {
 }
 
 impl<H> State<H> {
+    // One call site (server.rs); each argument is a distinct piece of shared state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         app: Arc<H>,
         codec: Option<TokenCodec>,

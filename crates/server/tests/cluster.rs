@@ -768,3 +768,36 @@ async fn redis_outage_keeps_nodes_serving_and_they_catch_up() {
     // Every session is back in the cluster view.
     a.wait_sessions(STEP, "ivan, judy and both kens", |r| r.len() == 4).await;
 }
+
+/// A "Redis" that accepts connections and never answers: the node starts, reports the outage,
+/// and connections and sessions are never held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresponsive_redis_never_delays_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in listener.incoming() {
+            // Keep every connection open and silent until the test process ends.
+            held.push(socket);
+        }
+    });
+    // Only the URL matters here; `Redis` is not started.
+    let fake = Redis { port, child: None, dir: tempfile::tempdir().expect("tempdir") };
+    let started = Instant::now();
+    let node = Node::start(&fake, "node-a", "");
+    eprintln!("node started against a silent redis in {:?}", started.elapsed());
+    wait_readyz(&node, "redis unreachable", STEP).await;
+
+    let started = Instant::now();
+    let (lena, _) = token("lena", None, 0);
+    let mut ws = node.session(&lena).await;
+    round_trip(&mut ws, "not waiting on redis").await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(300),
+        "a new session took {took:?} (command timeout 300 ms)"
+    );
+    let rows = node.cluster_sessions().await;
+    assert_eq!(rows, [("node-a".to_owned(), "lena".to_owned(), rows[0].2.clone())]);
+}
