@@ -274,10 +274,10 @@ impl SharedState for RedisState {
             let s = &self.shared;
             entry.node = s.cfg.node_id.clone();
             let json = serde_json::to_string(&entry).unwrap_or_default();
-            s.local.add_session(entry.clone(), token);
             if !s.is_up() {
                 // Never wait on a Redis known to be down; the heartbeat after it returns
                 // publishes the session.
+                s.local.add_session(entry, token);
                 s.full_heartbeat.store(true, Ordering::Relaxed);
                 return Admission::AdmittedUnchecked;
             }
@@ -292,13 +292,16 @@ impl SharedState for RedisState {
                 .arg(&entry.id)
                 .arg(json)
                 .arg(&s.cfg.node_id);
+            // Added to the local map only after the check, so that a heartbeat running
+            // meanwhile cannot register the session before the cap is checked.
             match s.call(inv.invoke_async::<i64>(&mut con)).await {
-                Ok(1) => Admission::Admitted,
-                Ok(_) => {
-                    s.local.remove_session(&entry.id);
-                    Admission::TooManySessions { max: max_per_user }
+                Ok(1) => {
+                    s.local.add_session(entry, token);
+                    Admission::Admitted
                 }
+                Ok(_) => Admission::TooManySessions { max: max_per_user },
                 Err(_) => {
+                    s.local.add_session(entry, token);
                     s.full_heartbeat.store(true, Ordering::Relaxed);
                     Admission::AdmittedUnchecked
                 }
@@ -802,7 +805,8 @@ impl Shared {
         let full = self.full_heartbeat.swap(false, Ordering::SeqCst);
         match self.heartbeat_once(full).await {
             Ok(-1) => {
-                // The hash vanished (Redis restarted, or the TTL ran out): write it all.
+                // The hash is missing (Redis restarted, the TTL ran out) or out of step with
+                // this node's sessions: write it all.
                 self.heartbeat_once(true).await.map(|_| ())
             }
             Ok(_) => Ok(()),

@@ -143,8 +143,9 @@ return 1
 /// Keeps this node's sessions alive for another TTL; `full` rewrites the node's hash first
 /// (after an outage or a Redis restart).
 /// KEYS: node hash, nodes set. ARGV: ttl ms, node id, prefix, full (0/1), n, then n times
-/// session id, user id, session JSON. Returns -1 when not `full` and the hash is missing
-/// (the caller then sends a full heartbeat), else n.
+/// session id, user id, session JSON. Returns -1 when not `full` and the hash does not hold
+/// exactly n sessions (missing after a Redis restart, or out of step after a race): the caller
+/// then sends a full heartbeat. Else n.
 pub(crate) fn heartbeat_script() -> String {
     format!(
         "{PRELUDE}{}",
@@ -153,7 +154,7 @@ local ttl = tonumber(ARGV[1])
 local node = ARGV[2]
 local full = ARGV[4] == '1'
 local n = tonumber(ARGV[5])
-if not full and n > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if not full and redis.call('HLEN', KEYS[1]) ~= n then return -1 end
 if full then redis.call('DEL', KEYS[1]) end
 local i = 6
 for s = 1, n do
