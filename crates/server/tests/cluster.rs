@@ -801,3 +801,42 @@ async fn unresponsive_redis_never_delays_connections() {
     let rows = node.cluster_sessions().await;
     assert_eq!(rows, [("node-a".to_owned(), "lena".to_owned(), rows[0].2.clone())]);
 }
+
+/// Pushes to a session that does not read fill its bounded queue; then it is closed as a slow
+/// consumer instead of buffering without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_does_not_read_pushes_is_closed_not_buffered() {
+    let Some((_redis, nodes)) = cluster(2, "limits.outbound_queue = 4") else { return };
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (mallory, _) = token("mallory", None, 0);
+    let mut slow = b.session(&mallory).await;
+    let data = "x".repeat(60_000);
+    let body = serde_json::json!({ "user_id": "mallory", "data": data }).to_string();
+    let mut accepted = 0;
+    loop {
+        let answer = a.post("/publish", &body).await.json();
+        if answer["delivered"] == 0 {
+            break;
+        }
+        accepted += 1;
+        assert!(accepted < 2_000, "{accepted} pushes queued to a client that reads nothing");
+    }
+    eprintln!("slow reader closed after {accepted} pushes of 60 kB (socket buffers included)");
+    // The client finally reads: the queued pushes, then the close.
+    let mut read = 0;
+    loop {
+        match next_message(&mut slow).await {
+            Message::Text(t) => {
+                assert_eq!(t.len(), 60_000);
+                read += 1;
+            }
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                assert_eq!(frame.reason.as_str(), "slow consumer");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(read <= accepted, "read {read}, accepted {accepted}");
+}
