@@ -28,6 +28,36 @@ pub struct Config {
     pub log: LogSection,
     /// The tamper-evident audit trail (docs/audit.md).
     pub audit: AuditSection,
+    /// Several nodes sharing state through Redis (docs/cluster.md).
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: unset `redis_url` keeps everything in memory (one node).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `redis://host:6379/0` or `rediss://...`; may hold a password (never logged).
+    pub redis_url: Option<SecretString>,
+    /// This node's id in the cluster (default: host name plus a random suffix).
+    pub node_id: Option<String>,
+    /// Put before every Redis key and channel, so that deployments can share one Redis.
+    pub key_prefix: String,
+    /// The longest any Redis command may take, in milliseconds.
+    pub command_timeout_ms: u64,
+    /// Seconds between session heartbeats and cache syncs; entries live three heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> ClusterSection {
+        ClusterSection {
+            redis_url: None,
+            node_id: None,
+            key_prefix: "palisade:".into(),
+            command_timeout_ms: 250,
+            heartbeat_secs: 5,
+        }
+    }
 }
 
 /// `[echo]`
@@ -283,7 +313,8 @@ impl Default for LogSection {
 }
 
 /// A secret that never prints: `Debug` shows `***`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct SecretString(pub String);
 
 impl std::fmt::Debug for SecretString {
@@ -300,6 +331,8 @@ pub mod env {
     pub const LOG_LEVEL: &str = "PALISADE_LOG_LEVEL";
     /// Error-log folder; wins over `log.dir`.
     pub const LOG_DIR: &str = "PALISADE_LOG_DIR";
+    /// The Redis URL (it may hold a password); wins over `cluster.redis_url`.
+    pub const REDIS_URL: &str = "PALISADE_REDIS_URL";
 }
 
 impl Config {
@@ -325,6 +358,7 @@ impl Config {
                 env::JWT_SECRET => self.auth.secret = Some(SecretString(v)),
                 env::LOG_LEVEL => self.log.level = v,
                 env::LOG_DIR => self.log.dir = PathBuf::from(v),
+                env::REDIS_URL => self.cluster.redis_url = Some(SecretString(v)),
                 _ => {}
             }
         }
@@ -369,6 +403,7 @@ impl Config {
             other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),
         }
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
+        crate::cluster::validate(&self.cluster)?;
         if self.admin.enabled
             && !self.admin.listen.ip().is_loopback()
             && self.admin.token_file.is_none()

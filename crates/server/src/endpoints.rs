@@ -42,11 +42,14 @@ pub(crate) struct State<H> {
     pub(crate) auth_timeout: Duration,
     /// The audit trail (off unless `audit.file` is set).
     pub(crate) audit: Audit,
+    pub(crate) cluster: crate::cluster::Link,
     /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
     noisy_log: DefaultDirectRateLimiter,
 }
 
 impl<H> State<H> {
+    // One call site (server.rs); each argument is a distinct piece of shared state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         app: Arc<H>,
         codec: Option<TokenCodec>,
@@ -55,6 +58,7 @@ impl<H> State<H> {
         metrics: Metrics,
         echo_prefix: &str,
         auth_timeout: Duration,
+        cluster: crate::cluster::Link,
     ) -> State<H> {
         let per_sec = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
         State {
@@ -66,6 +70,7 @@ impl<H> State<H> {
             echo_prefix: echo_prefix.into(),
             auth_timeout,
             audit: Audit::default(),
+            cluster,
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
     }
@@ -263,6 +268,7 @@ impl<H: Handler> Conn<H> {
                         .audit
                         .record(|| audit::ban(self.peer.client_ip, ban, "auth_failures"));
                     tracing::warn!(client_ip = %self.peer.client_ip, ban_secs = ban.as_secs(), "address banned after repeated authentication failures");
+                    self.state.cluster.ban(self.peer.client_ip, ban);
                 }
             }
         }
@@ -270,7 +276,13 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Starts the session: registry, deadline at token expiry, `Authenticated!`.
-    fn start_session(&mut self, claims: Claims, ctx: &mut Context) -> Result<(), Close> {
+    async fn start_session(&mut self, claims: Claims, ctx: &mut Context) -> Result<(), Close> {
+        if self.state.cluster.is_revoked(&claims) {
+            self.state.metrics.auth(self.kind.name(), "revoked");
+            tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %claims.user_id, kind = "token_revoked", "authentication refused: the token has been revoked");
+            ctx.send(Message::Text(replies::INVALID_TOKEN.into()))?;
+            return Err(Close::policy("token revoked"));
+        }
         let leeway = self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0);
         let expires_at = claims.exp.map(|e| e.saturating_add(leeway));
         let info = SessionInfo {
@@ -284,6 +296,11 @@ impl<H: Handler> Conn<H> {
         };
         if let Err(e) = self.state.sessions.register(info.clone(), ctx.handle()) {
             tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", error = %e, "session refused");
+            return Err(Close::policy("too many sessions for this user"));
+        }
+        if let Err(max) = self.state.cluster.open(&info, &claims).await {
+            self.state.sessions.unregister(&info.id);
+            tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", max, "session refused: the user's sessions on all nodes reach the cap");
             return Err(Close::policy("too many sessions for this user"));
         }
         self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
@@ -355,7 +372,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
     async fn on_open(&mut self, ctx: &mut Context) -> Result<(), Close> {
         self.metrics.connection_opened();
         match std::mem::replace(&mut self.auth, Auth::Open) {
-            Auth::FromHeader(claims) => self.start_session(claims, ctx),
+            Auth::FromHeader(claims) => self.start_session(claims, ctx).await,
             Auth::Waiting => {
                 self.auth = Auth::Waiting;
                 ctx.set_deadline(Some(Instant::now() + self.state.auth_timeout));
@@ -380,7 +397,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                     Message::Binary(_) => "",
                 };
                 match self.verify(token) {
-                    Ok(claims) => self.start_session(claims, ctx),
+                    Ok(claims) => self.start_session(claims, ctx).await,
                     Err(e) if e.is_expired() => {
                         ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
                         Err(Close::policy("token expired"))
@@ -434,6 +451,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         self.log_outcome(outcome);
         if let Auth::Session { id, .. } = &self.auth {
             self.state.sessions.unregister(id);
+            self.state.cluster.close(id);
             self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
             if let Some(info) = &self.peer.session {
                 self.state.audit.record(|| audit::session_end(info, outcome));

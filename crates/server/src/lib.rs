@@ -31,6 +31,7 @@ pub mod server;
 pub mod sessions;
 
 mod admin;
+mod cluster;
 mod dashboard;
 mod endpoints;
 

@@ -131,6 +131,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     .context("cannot set up logging (log.dir, log.level)")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        // Listen for signals before printing the addresses: whoever reads them (a supervisor,
+        // a test) may send SIGTERM at once.
+        let signals = Signals::listen()?;
         let server = Server::start(&config, Echo).await?;
         for (name, addr) in [("echo", server.echo_addr), ("secure", server.secure_addr)] {
             if let Some(a) = addr {
@@ -144,7 +147,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             println!("palisade: errors are logged to {}", p.display());
         }
         tracing::info!("palisade started");
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("shutting down: closing connections with 1001");
         let drained = server.shutdown().await;
         if !drained {
@@ -157,13 +160,24 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(Signals { term, int })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

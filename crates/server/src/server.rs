@@ -35,6 +35,8 @@ pub struct Server {
     /// Traffic counters.
     pub metrics: Metrics,
     audit: Audit,
+    /// State shared with the other nodes (in memory when `cluster.redis_url` is unset).
+    pub cluster: Arc<dyn palisade_cluster::SharedState>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -64,6 +66,7 @@ impl Server {
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
         let audit = Audit::open(&config.audit)?;
+        let (cluster, cluster_events) = crate::cluster::start(config).await?;
         let state = State::new(
             Arc::new(app),
             codec,
@@ -72,11 +75,20 @@ impl Server {
             metrics.clone(),
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
+            cluster.clone(),
         );
         let state = Arc::new(state.with_audit(audit.clone()));
         let transport = Arc::new(config.transport());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        crate::cluster::spawn_events(
+            cluster_events,
+            sessions.clone(),
+            firewall.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
 
         let mut addrs = [None, None];
         for (slot, (kind, enabled, listen)) in addrs.iter_mut().zip([
@@ -132,6 +144,7 @@ impl Server {
                 posture: Arc::new(crate::posture::findings(config)),
                 shutdown: shutdown.clone(),
                 audit: audit.clone(),
+                cluster: cluster.clone(),
             };
             tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
             Some(addr)
@@ -164,6 +177,7 @@ impl Server {
             firewall,
             metrics,
             audit,
+            cluster: cluster.state,
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
@@ -176,6 +190,7 @@ impl Server {
         self.shutdown.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
+        self.cluster.shutdown().await;
         // After the sessions have ended, so their records are in; logs the final head.
         self.audit.close();
         drained
