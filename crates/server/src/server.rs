@@ -17,7 +17,9 @@ use crate::app::Handler;
 use crate::config::Config;
 use crate::endpoints::{Kind, State, WsEndpoint};
 use crate::sessions::SessionRegistry;
-use crate::{admin, config};
+use crate::tls::listener::TlsListener;
+use crate::tls::{CertInfo, CertStore};
+use crate::{admin, config, tls};
 
 /// A running server: its bound addresses and the handles to stop it.
 pub struct Server {
@@ -33,6 +35,7 @@ pub struct Server {
     pub firewall: Firewall,
     /// Traffic counters.
     pub metrics: Metrics,
+    tls: Option<Arc<CertStore>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -67,7 +70,14 @@ impl Server {
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
         ));
-        let transport = Arc::new(config.transport());
+        let cert_store = match config.tls_paths() {
+            Some(paths) => Some(load_tls(paths)?),
+            None => None,
+        };
+        let tls_config = cert_store.clone().map(tls::server_config).transpose()?;
+        let mut transport = config.transport();
+        transport.tls = tls_config.clone();
+        let transport = Arc::new(transport);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
 
@@ -111,7 +121,16 @@ impl Server {
                 token: admin_token.map(Arc::new),
                 ban_duration: Duration::from_secs(config.firewall.ban_secs),
             };
-            tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+            match tls_config.clone().filter(|_| config.admin.tls) {
+                Some(tls) => {
+                    let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
+                    let listener = TlsListener::new(listener, tls, timeout, shutdown.clone(), &tracker)?;
+                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                }
+                None => {
+                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                }
+            }
             Some(addr)
         } else {
             None
@@ -141,6 +160,7 @@ impl Server {
             sessions,
             firewall,
             metrics,
+            tls: cert_store,
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
@@ -155,6 +175,24 @@ impl Server {
         tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok()
     }
 
+    /// True when the endpoints speak TLS (`wss://`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (on SIGHUP). New handshakes get the new
+    /// certificate; open connections are not touched. On error the current certificate stays
+    /// in use. `Ok(None)` when TLS is off.
+    pub fn reload_tls(&self) -> anyhow::Result<Option<CertInfo>> {
+        let Some(store) = &self.tls else { return Ok(None) };
+        store.reload().context("tls reload failed; the current certificate stays in use").map(Some)
+    }
+
+    /// The certificate being served, when TLS is on.
+    pub fn tls_certificate(&self) -> Option<CertInfo> {
+        self.tls.as_ref().map(|s| s.info())
+    }
+
     /// A token that is cancelled when shutdown begins.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -165,6 +203,18 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} ({key}): is another process using it? choose another port in the config")
     })
+}
+
+/// Loads the certificate and key (errors name the file), logs what is served and warns about
+/// validity.
+fn load_tls(paths: tls::CertPaths) -> anyhow::Result<Arc<CertStore>> {
+    let store = CertStore::load(paths)?;
+    let info = store.info();
+    tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, chain = info.chain_len, "tls enabled");
+    if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
+        tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
+    }
+    Ok(Arc::new(store))
 }
 
 /// Reads a secret file; trailing newlines and spaces are not part of the secret.
@@ -258,6 +308,9 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         token_codec(&config.auth)?;
     }
     Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+    if let Some(paths) = config.tls_paths() {
+        CertStore::load(paths)?;
+    }
     Ok(())
 }
 
