@@ -368,8 +368,12 @@ impl Config {
         positive("log.max_files", self.log.max_files as u64)?;
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
         match (&self.tls.cert_file, &self.tls.key_file) {
-            (Some(_), None) => bail!("tls.cert_file is set but tls.key_file is not: set both, or neither"),
-            (None, Some(_)) => bail!("tls.key_file is set but tls.cert_file is not: set both, or neither"),
+            (Some(_), None) => {
+                bail!("tls.cert_file is set but tls.key_file is not: set both, or neither")
+            }
+            (None, Some(_)) => {
+                bail!("tls.key_file is set but tls.cert_file is not: set both, or neither")
+            }
             _ => {}
         }
         if self.admin.enabled && self.admin.tls && self.tls_paths().is_none() {
@@ -381,10 +385,9 @@ impl Config {
     /// The certificate and key files, when TLS is on.
     pub fn tls_paths(&self) -> Option<crate::tls::CertPaths> {
         match (&self.tls.cert_file, &self.tls.key_file) {
-            (Some(cert), Some(key)) => Some(crate::tls::CertPaths {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-            }),
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::CertPaths { cert_file: cert.clone(), key_file: key.clone() })
+            }
             _ => None,
         }
     }

@@ -1,4 +1,5 @@
-//! The `palisade` binary: run the server, or mint a token for testing.
+//! The `palisade` binary: run the server (SIGHUP reloads the TLS certificate), check the
+//! configuration, or mint a token for testing.
 
 #![allow(clippy::print_stdout)] // The binary talks to a person (and to tests) on stdout.
 
@@ -42,6 +43,17 @@ enum Command {
     },
     /// Check the configuration and exit.
     Check,
+    /// Write a development CA and a `localhost` certificate signed by it (for `cargo xtask run
+    /// --tls`; never for production).
+    #[command(hide = true)]
+    DevCert {
+        /// Folder for `ca.pem`, `ca-key.pem`, `cert.pem` and `key.pem`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Issue a new server certificate even if the current one is still good.
+        #[arg(long)]
+        renew: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +78,19 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::DevCert { out, renew }) = &cli.command {
+        let certs = palisade_server::tls::dev_cert::ensure(out, *renew)?;
+        if certs.new_ca {
+            println!("palisade: new development CA in {}", certs.ca_file.display());
+        }
+        if certs.issued {
+            println!("palisade: new localhost certificate in {}", certs.cert_file.display());
+        }
+        println!("ca_file = {}", certs.ca_file.display());
+        println!("cert_file = {}", certs.cert_file.display());
+        println!("key_file = {}", certs.key_file.display());
+        return Ok(());
+    }
     let config = load_config(cli.config.as_ref())?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(config),
@@ -74,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("configuration ok");
             Ok(())
         }
+        Command::DevCert { .. } => Ok(()),
         Command::Token { user_id, ttl, email } => {
             let ttl = parse_ttl(&ttl)?;
             let token = palisade_server::server::mint(&config, &user_id, ttl, email.as_deref())?;
@@ -111,19 +137,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::start(&config, Echo).await?;
+        let ws = if server.tls_enabled() { "wss" } else { "ws" };
         for (name, addr) in [("echo", server.echo_addr), ("secure", server.secure_addr)] {
             if let Some(a) = addr {
-                println!("palisade: {name} listening on ws://{a}/");
+                println!("palisade: {name} listening on {ws}://{a}/");
             }
         }
         if let Some(a) = server.admin_addr {
-            println!("palisade: admin listening on http://{a}/");
+            let http = if server.tls_enabled() && config.admin.tls { "https" } else { "http" };
+            println!("palisade: admin listening on {http}://{a}/");
         }
         if let Some(p) = log.error_log_path() {
             println!("palisade: errors are logged to {}", p.display());
         }
         tracing::info!("palisade started");
-        wait_for_signal().await?;
+        wait_for_signal(&server).await?;
         tracing::info!("shutting down: closing connections with 1001");
         let drained = server.shutdown().await;
         if !drained {
@@ -136,13 +164,36 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP reloads the TLS certificate and waits on.
+async fn wait_for_signal(server: &Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload_tls(server),
+        }
     }
-    Ok(())
+}
+
+fn reload_tls(server: &Server) {
+    match server.reload_tls() {
+        Ok(Some(info)) => {
+            tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, "tls certificate reloaded; new connections use it");
+            if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
+                tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
+            }
+        }
+        Ok(None) => tracing::info!("SIGHUP: tls is off, nothing to reload"),
+        Err(e) => {
+            tracing::error!(
+                kind = "tls_reload",
+                error = format!("{e:#}"),
+                "tls reload failed; the current certificate stays in use"
+            );
+        }
+    }
 }

@@ -124,7 +124,8 @@ impl Server {
             match tls_config.clone().filter(|_| config.admin.tls) {
                 Some(tls) => {
                     let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
-                    let listener = TlsListener::new(listener, tls, timeout, shutdown.clone(), &tracker)?;
+                    let listener =
+                        TlsListener::new(listener, tls, timeout, shutdown.clone(), &tracker)?;
                     tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
                 }
                 None => {
@@ -185,7 +186,7 @@ impl Server {
     /// in use. `Ok(None)` when TLS is off.
     pub fn reload_tls(&self) -> anyhow::Result<Option<CertInfo>> {
         let Some(store) = &self.tls else { return Ok(None) };
-        store.reload().context("tls reload failed; the current certificate stays in use").map(Some)
+        store.reload().map(Some)
     }
 
     /// The certificate being served, when TLS is on.

@@ -169,8 +169,9 @@ fn load_pair(
             key_file.display()
         )
     })?;
-    let mut info = describe(&chain[0])
-        .with_context(|| format!("tls.cert_file {}: unreadable certificate", cert_file.display()))?;
+    let mut info = describe(&chain[0]).with_context(|| {
+        format!("tls.cert_file {}: unreadable certificate", cert_file.display())
+    })?;
     info.chain_len = chain.len();
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {

@@ -62,3 +62,14 @@ fn env_overrides_log_level() {
     c.apply_env([("PALISADE_LOG_LEVEL".to_string(), "debug".to_string())]);
     assert_eq!(c.log.level, "debug");
 }
+
+#[test]
+fn tls_needs_both_files() {
+    check_err("[tls]\ncert_file = \"c.pem\"\n", "tls.key_file is not");
+    check_err("[tls]\nkey_file = \"k.pem\"\n", "tls.cert_file is not");
+}
+
+#[test]
+fn admin_tls_needs_a_certificate() {
+    check_err("[admin]\ntls = true\n", "admin.tls = true needs tls.cert_file");
+}
