@@ -8,3 +8,4 @@ mod lifecycle;
 mod raw;
 mod secure;
 mod support;
+mod tls;
