@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -26,7 +26,21 @@ impl Collector for State {
             }
         }
 
-        let labeled: [(&str, &str, &str, &LabeledCounters); 4] = [
+        let mut family = encoder.encode_descriptor(
+            "palisade_message_handling_seconds",
+            "Time the server took to handle one client message.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (endpoint, counters) in &endpoints {
+            let labels = [("endpoint", Escaped(endpoint))];
+            let (sum, count, buckets) = counters.handling.buckets();
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+
+        let labeled: [(&str, &str, &str, &LabeledCounters); 5] = [
             (
                 "palisade_handshakes_refused",
                 "WebSocket handshakes refused, by reason.",
@@ -40,6 +54,12 @@ impl Collector for State {
                 "Close frames sent, by close code.",
                 "code",
                 &self.close_codes,
+            ),
+            (
+                "palisade_close_codes_received",
+                "Close frames received from clients, by close code.",
+                "code",
+                &self.close_codes_received,
             ),
         ];
         for (name, help, label, counters) in labeled {

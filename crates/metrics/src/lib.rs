@@ -45,6 +45,7 @@
 //! ```
 
 mod exposition;
+mod histogram;
 mod table;
 
 use std::collections::BTreeMap;
@@ -107,6 +108,12 @@ impl Metrics {
         self.inner.state.errors.inc(endpoint, kind);
     }
 
+    /// Counts a close frame received from a client with `code`.
+    pub fn close_received(&self, endpoint: &str, code: u16) {
+        let mut buf = [0; 5];
+        self.inner.state.close_codes_received.inc(endpoint, table::format_u16(code, &mut buf));
+    }
+
     /// Counts a close frame sent with `code`.
     pub fn close_sent(&self, endpoint: &str, code: u16) {
         let mut buf = [0; 5];
@@ -146,6 +153,7 @@ impl Metrics {
             auth_by_outcome: state.auth.by_value(),
             errors_by_kind: state.errors.by_value(),
             closes_by_code: state.close_codes.by_value(),
+            closes_received_by_code: state.close_codes_received.by_value(),
             ..MetricsSnapshot::default()
         };
         for (name, counters) in state.endpoints.entries() {
@@ -199,6 +207,12 @@ impl EndpointMetrics {
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(to_u64(bytes), Ordering::Relaxed);
     }
+
+    /// Records how long the server took to handle one message (histogram, lock-free).
+    #[inline]
+    pub fn message_handled(&self, elapsed: std::time::Duration) {
+        self.counters.handling.observe(elapsed);
+    }
 }
 
 /// Plain numbers for a JSON API or a dashboard; totals are summed over endpoints.
@@ -222,6 +236,8 @@ pub struct MetricsSnapshot {
     pub handshakes_refused_by_reason: BTreeMap<String, u64>,
     /// Close frames sent by code (as text, so the overflow value fits), summed over endpoints.
     pub closes_by_code: BTreeMap<String, u64>,
+    /// Close frames received from clients by code, summed over endpoints.
+    pub closes_received_by_code: BTreeMap<String, u64>,
     /// Authentication outcomes, summed over endpoints.
     pub auth_by_outcome: BTreeMap<String, u64>,
 }
@@ -235,6 +251,8 @@ pub struct EndpointSnapshot {
     pub messages_out_total: u64,
     pub bytes_in_total: u64,
     pub bytes_out_total: u64,
+    /// Messages whose handling time was recorded.
+    pub messages_handled_total: u64,
 }
 
 #[derive(Debug)]
@@ -252,6 +270,7 @@ struct State {
     auth: LabeledCounters,
     errors: LabeledCounters,
     close_codes: LabeledCounters,
+    close_codes_received: LabeledCounters,
     sessions_active: AtomicI64,
     bans_active: AtomicI64,
 }
@@ -264,6 +283,7 @@ impl State {
             auth: LabeledCounters::new(max_label_sets),
             errors: LabeledCounters::new(max_label_sets),
             close_codes: LabeledCounters::new(max_label_sets),
+            close_codes_received: LabeledCounters::new(max_label_sets),
             sessions_active: AtomicI64::new(0),
             bans_active: AtomicI64::new(0),
         }
@@ -279,6 +299,7 @@ struct EndpointCounters {
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    handling: histogram::Histogram,
 }
 
 impl EndpointCounters {
@@ -290,6 +311,7 @@ impl EndpointCounters {
             messages_out_total: self.messages_out.load(Ordering::Relaxed),
             bytes_in_total: self.bytes_in.load(Ordering::Relaxed),
             bytes_out_total: self.bytes_out.load(Ordering::Relaxed),
+            messages_handled_total: self.handling.count(),
         }
     }
 }

@@ -18,7 +18,10 @@ fn known_traffic() -> Metrics {
     echo.message_out(22);
     echo.message_in(3);
     echo.message_out(20);
+    echo.message_handled(std::time::Duration::from_micros(30));
+    echo.message_handled(std::time::Duration::from_millis(2));
     echo.connection_closed();
+    metrics.close_received("echo", 1000);
     metrics.close_sent("echo", 1000);
     secure.connection_opened();
     metrics.auth("secure", "ok");
@@ -48,55 +51,94 @@ fn exposition_of_known_traffic_is_exact() {
     check_exposition(
         &known_traffic(),
         expect![[r##"
-        # HELP palisade_connections_open WebSocket connections currently open.
-        # TYPE palisade_connections_open gauge
-        palisade_connections_open{endpoint="echo"} 1
-        palisade_connections_open{endpoint="secure"} 0
-        # HELP palisade_connections WebSocket connections opened (handshake completed).
-        # TYPE palisade_connections counter
-        palisade_connections_total{endpoint="echo"} 2
-        palisade_connections_total{endpoint="secure"} 1
-        # HELP palisade_messages_received WebSocket messages received from clients.
-        # TYPE palisade_messages_received counter
-        palisade_messages_received_total{endpoint="echo"} 2
-        palisade_messages_received_total{endpoint="secure"} 1
-        # HELP palisade_messages_sent WebSocket messages sent to clients.
-        # TYPE palisade_messages_sent counter
-        palisade_messages_sent_total{endpoint="echo"} 2
-        palisade_messages_sent_total{endpoint="secure"} 0
-        # HELP palisade_bytes_received Payload bytes received from clients.
-        # TYPE palisade_bytes_received counter
-        palisade_bytes_received_total{endpoint="echo"} 8
-        palisade_bytes_received_total{endpoint="secure"} 100
-        # HELP palisade_bytes_sent Payload bytes sent to clients.
-        # TYPE palisade_bytes_sent counter
-        palisade_bytes_sent_total{endpoint="echo"} 42
-        palisade_bytes_sent_total{endpoint="secure"} 0
-        # HELP palisade_handshakes_refused WebSocket handshakes refused, by reason.
-        # TYPE palisade_handshakes_refused counter
-        palisade_handshakes_refused_total{endpoint="echo",reason="origin_not_allowed"} 1
-        palisade_handshakes_refused_total{endpoint="secure",reason="rate_limited"} 2
-        # HELP palisade_auth Authentication attempts, by outcome.
-        # TYPE palisade_auth counter
-        palisade_auth_total{endpoint="secure",outcome="expired"} 1
-        palisade_auth_total{endpoint="secure",outcome="ok"} 2
-        # HELP palisade_errors Connection errors, by kind.
-        # TYPE palisade_errors counter
-        palisade_errors_total{endpoint="echo",kind="peer_vanished"} 1
-        palisade_errors_total{endpoint="secure",kind="invalid_utf8"} 1
-        # HELP palisade_close_codes Close frames sent, by close code.
-        # TYPE palisade_close_codes counter
-        palisade_close_codes_total{endpoint="echo",code="1000"} 1
-        palisade_close_codes_total{endpoint="secure",code="1007"} 1
-        palisade_close_codes_total{endpoint="secure",code="1008"} 1
-        # HELP palisade_sessions_active Live sessions.
-        # TYPE palisade_sessions_active gauge
-        palisade_sessions_active 3
-        # HELP palisade_bans_active Active bans.
-        # TYPE palisade_bans_active gauge
-        palisade_bans_active 1
-        # EOF
-    "##]],
+            # HELP palisade_connections_open WebSocket connections currently open.
+            # TYPE palisade_connections_open gauge
+            palisade_connections_open{endpoint="echo"} 1
+            palisade_connections_open{endpoint="secure"} 0
+            # HELP palisade_connections WebSocket connections opened (handshake completed).
+            # TYPE palisade_connections counter
+            palisade_connections_total{endpoint="echo"} 2
+            palisade_connections_total{endpoint="secure"} 1
+            # HELP palisade_messages_received WebSocket messages received from clients.
+            # TYPE palisade_messages_received counter
+            palisade_messages_received_total{endpoint="echo"} 2
+            palisade_messages_received_total{endpoint="secure"} 1
+            # HELP palisade_messages_sent WebSocket messages sent to clients.
+            # TYPE palisade_messages_sent counter
+            palisade_messages_sent_total{endpoint="echo"} 2
+            palisade_messages_sent_total{endpoint="secure"} 0
+            # HELP palisade_bytes_received Payload bytes received from clients.
+            # TYPE palisade_bytes_received counter
+            palisade_bytes_received_total{endpoint="echo"} 8
+            palisade_bytes_received_total{endpoint="secure"} 100
+            # HELP palisade_bytes_sent Payload bytes sent to clients.
+            # TYPE palisade_bytes_sent counter
+            palisade_bytes_sent_total{endpoint="echo"} 42
+            palisade_bytes_sent_total{endpoint="secure"} 0
+            # HELP palisade_message_handling_seconds Time the server took to handle one client message.
+            # TYPE palisade_message_handling_seconds histogram
+            palisade_message_handling_seconds_sum{endpoint="echo"} 0.00203
+            palisade_message_handling_seconds_count{endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="0.00001",endpoint="echo"} 0
+            palisade_message_handling_seconds_bucket{le="0.000025",endpoint="echo"} 0
+            palisade_message_handling_seconds_bucket{le="0.00005",endpoint="echo"} 1
+            palisade_message_handling_seconds_bucket{le="0.0001",endpoint="echo"} 1
+            palisade_message_handling_seconds_bucket{le="0.00025",endpoint="echo"} 1
+            palisade_message_handling_seconds_bucket{le="0.0005",endpoint="echo"} 1
+            palisade_message_handling_seconds_bucket{le="0.001",endpoint="echo"} 1
+            palisade_message_handling_seconds_bucket{le="0.0025",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="0.005",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="0.01",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="0.025",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="0.05",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="0.1",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="1.0",endpoint="echo"} 2
+            palisade_message_handling_seconds_bucket{le="+Inf",endpoint="echo"} 2
+            palisade_message_handling_seconds_sum{endpoint="secure"} 0.0
+            palisade_message_handling_seconds_count{endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.00001",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.000025",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.00005",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.0001",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.00025",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.0005",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.001",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.0025",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.005",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.01",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.025",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.05",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="0.1",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="1.0",endpoint="secure"} 0
+            palisade_message_handling_seconds_bucket{le="+Inf",endpoint="secure"} 0
+            # HELP palisade_handshakes_refused WebSocket handshakes refused, by reason.
+            # TYPE palisade_handshakes_refused counter
+            palisade_handshakes_refused_total{endpoint="echo",reason="origin_not_allowed"} 1
+            palisade_handshakes_refused_total{endpoint="secure",reason="rate_limited"} 2
+            # HELP palisade_auth Authentication attempts, by outcome.
+            # TYPE palisade_auth counter
+            palisade_auth_total{endpoint="secure",outcome="expired"} 1
+            palisade_auth_total{endpoint="secure",outcome="ok"} 2
+            # HELP palisade_errors Connection errors, by kind.
+            # TYPE palisade_errors counter
+            palisade_errors_total{endpoint="echo",kind="peer_vanished"} 1
+            palisade_errors_total{endpoint="secure",kind="invalid_utf8"} 1
+            # HELP palisade_close_codes Close frames sent, by close code.
+            # TYPE palisade_close_codes counter
+            palisade_close_codes_total{endpoint="echo",code="1000"} 1
+            palisade_close_codes_total{endpoint="secure",code="1007"} 1
+            palisade_close_codes_total{endpoint="secure",code="1008"} 1
+            # HELP palisade_close_codes_received Close frames received from clients, by close code.
+            # TYPE palisade_close_codes_received counter
+            palisade_close_codes_received_total{endpoint="echo",code="1000"} 1
+            # HELP palisade_sessions_active Live sessions.
+            # TYPE palisade_sessions_active gauge
+            palisade_sessions_active 3
+            # HELP palisade_bans_active Active bans.
+            # TYPE palisade_bans_active gauge
+            palisade_bans_active 1
+            # EOF
+        "##]],
     );
 }
 
@@ -105,34 +147,38 @@ fn exposition_of_fresh_metrics_has_every_family_and_eof() {
     check_exposition(
         &Metrics::default(),
         expect![[r#"
-        # HELP palisade_connections_open WebSocket connections currently open.
-        # TYPE palisade_connections_open gauge
-        # HELP palisade_connections WebSocket connections opened (handshake completed).
-        # TYPE palisade_connections counter
-        # HELP palisade_messages_received WebSocket messages received from clients.
-        # TYPE palisade_messages_received counter
-        # HELP palisade_messages_sent WebSocket messages sent to clients.
-        # TYPE palisade_messages_sent counter
-        # HELP palisade_bytes_received Payload bytes received from clients.
-        # TYPE palisade_bytes_received counter
-        # HELP palisade_bytes_sent Payload bytes sent to clients.
-        # TYPE palisade_bytes_sent counter
-        # HELP palisade_handshakes_refused WebSocket handshakes refused, by reason.
-        # TYPE palisade_handshakes_refused counter
-        # HELP palisade_auth Authentication attempts, by outcome.
-        # TYPE palisade_auth counter
-        # HELP palisade_errors Connection errors, by kind.
-        # TYPE palisade_errors counter
-        # HELP palisade_close_codes Close frames sent, by close code.
-        # TYPE palisade_close_codes counter
-        # HELP palisade_sessions_active Live sessions.
-        # TYPE palisade_sessions_active gauge
-        palisade_sessions_active 0
-        # HELP palisade_bans_active Active bans.
-        # TYPE palisade_bans_active gauge
-        palisade_bans_active 0
-        # EOF
-    "#]],
+            # HELP palisade_connections_open WebSocket connections currently open.
+            # TYPE palisade_connections_open gauge
+            # HELP palisade_connections WebSocket connections opened (handshake completed).
+            # TYPE palisade_connections counter
+            # HELP palisade_messages_received WebSocket messages received from clients.
+            # TYPE palisade_messages_received counter
+            # HELP palisade_messages_sent WebSocket messages sent to clients.
+            # TYPE palisade_messages_sent counter
+            # HELP palisade_bytes_received Payload bytes received from clients.
+            # TYPE palisade_bytes_received counter
+            # HELP palisade_bytes_sent Payload bytes sent to clients.
+            # TYPE palisade_bytes_sent counter
+            # HELP palisade_message_handling_seconds Time the server took to handle one client message.
+            # TYPE palisade_message_handling_seconds histogram
+            # HELP palisade_handshakes_refused WebSocket handshakes refused, by reason.
+            # TYPE palisade_handshakes_refused counter
+            # HELP palisade_auth Authentication attempts, by outcome.
+            # TYPE palisade_auth counter
+            # HELP palisade_errors Connection errors, by kind.
+            # TYPE palisade_errors counter
+            # HELP palisade_close_codes Close frames sent, by close code.
+            # TYPE palisade_close_codes counter
+            # HELP palisade_close_codes_received Close frames received from clients, by close code.
+            # TYPE palisade_close_codes_received counter
+            # HELP palisade_sessions_active Live sessions.
+            # TYPE palisade_sessions_active gauge
+            palisade_sessions_active 0
+            # HELP palisade_bans_active Active bans.
+            # TYPE palisade_bans_active gauge
+            palisade_bans_active 0
+            # EOF
+        "#]],
     );
 }
 
@@ -179,6 +225,7 @@ fn snapshot_sums_endpoints_and_breaks_down_labels() {
                     messages_out_total: 2,
                     bytes_in_total: 8,
                     bytes_out_total: 42,
+                    messages_handled_total: 2,
                 },
             ),
             (
@@ -190,12 +237,14 @@ fn snapshot_sums_endpoints_and_breaks_down_labels() {
                     messages_out_total: 0,
                     bytes_in_total: 100,
                     bytes_out_total: 0,
+                    messages_handled_total: 0,
                 },
             ),
         ]),
         errors_by_kind: map(&[("invalid_utf8", 1), ("peer_vanished", 1)]),
         handshakes_refused_by_reason: map(&[("origin_not_allowed", 1), ("rate_limited", 2)]),
         closes_by_code: map(&[("1000", 1), ("1007", 1), ("1008", 1)]),
+        closes_received_by_code: map(&[("1000", 1)]),
         auth_by_outcome: map(&[("expired", 1), ("ok", 2)]),
     };
     assert_eq!(snapshot, expected);

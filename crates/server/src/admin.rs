@@ -27,6 +27,8 @@ pub(crate) struct AdminState {
     pub(crate) metrics: Metrics,
     pub(crate) token: Option<Arc<Vec<u8>>>,
     pub(crate) ban_duration: Duration,
+    pub(crate) posture: Arc<Vec<crate::posture::Finding>>,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
@@ -47,13 +49,18 @@ fn router(state: AdminState) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
+        .route("/posture", get(posture))
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}", delete(revoke_session))
         .route("/users/{user_id}/sessions", delete(revoke_user))
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{ip}", delete(lift_ban))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .with_state(state)
 }
 
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
@@ -62,19 +69,41 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .unwrap_or("");
         // Compare digests so neither the length nor the content leaks through timing.
         let ok = palisade_digest::sha256(given.as_bytes())
             == palisade_digest::sha256(expected.as_slice());
         if !ok {
             tracing::warn!(endpoint = "admin", kind = "admin_auth", path = %req.uri().path(), "admin call refused: missing or wrong bearer token");
-            return (StatusCode::UNAUTHORIZED, "missing or wrong admin bearer token\n")
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"palisade-admin\"")],
+                "missing or wrong admin bearer token\n",
+            )
                 .into_response();
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Ready while serving; 503 once shutdown has begun.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn posture(State(state): State<AdminState>) -> Response {
+    Json(state.posture.as_ref()).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -365,7 +365,6 @@ impl Config {
             "text" | "json" => {}
             other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),
         }
-        positive("log.max_files", self.log.max_files as u64)?;
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {
@@ -379,6 +378,17 @@ impl Config {
         if self.admin.enabled && self.admin.tls && self.tls_paths().is_none() {
             bail!("admin.tls = true needs tls.cert_file and tls.key_file");
         }
+        if self.admin.enabled
+            && !self.admin.listen.ip().is_loopback()
+            && self.admin.token_file.is_none()
+        {
+            bail!(
+                "admin.listen {} is not a loopback address and admin.token_file is not set: \
+                 anyone who can reach it could revoke sessions and lift bans; set admin.token_file \
+                 or listen on 127.0.0.1",
+                self.admin.listen
+            );
+        }
         Ok(())
     }
 
@@ -390,6 +400,11 @@ impl Config {
             }
             _ => None,
         }
+    }
+
+    /// True when the WebSocket listeners serve TLS (`tls.cert_file` and `tls.key_file` set).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_paths().is_some()
     }
 
     /// The transport's limits from this configuration.

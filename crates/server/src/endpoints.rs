@@ -13,8 +13,8 @@ use palisade_firewall::{ConnectionPermit, Decision, DenyReason, Firewall, Messag
 use palisade_metrics::{EndpointMetrics, Metrics};
 use palisade_token::{Claims, TokenCodec, TokenError};
 use palisade_transport::{
-    Accept, Close, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest, Message, Outcome,
-    Refusal, Rejection, close_code,
+    Accept, Close, ConnError, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest,
+    Message, Outcome, Refusal, Rejection, close_code,
 };
 
 use crate::app::{Handler, Peer};
@@ -127,6 +127,11 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let client_ip =
             fw.client_ip(info.peer.ip(), header("x-forwarded-for"), header("forwarded"));
+        // Behind a trusted proxy the TCP peer is the proxy: bans apply to the forwarded client.
+        if client_ip != info.peer.ip() && fw.is_banned(client_ip, Instant::now()) {
+            self.refused(info.peer, client_ip, DenyReason::Banned);
+            return Err(Rejection::new(StatusCode::FORBIDDEN, "forbidden"));
+        }
         match fw.check_handshake_rate(client_ip, Instant::now()) {
             Decision::Allow => {}
             Decision::Throttle { retry_after } => {
@@ -164,8 +169,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
             },
         };
         if self.kind == Kind::Secure {
-            let bearer =
-                header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+            let bearer = header("authorization").and_then(crate::admin::bearer_token);
             if let Some(token) = bearer {
                 match conn.verify(token) {
                     Ok(claims) => conn.auth = Auth::FromHeader(claims),
@@ -290,6 +294,8 @@ impl<H: Handler> Conn<H> {
         }
         match outcome {
             Outcome::PeerClosed { code, reason } => {
+                // 1005: no status code was present (RFC 6455 section 7.1.5).
+                self.state.metrics.close_received(endpoint, code.unwrap_or(1005));
                 tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = code.unwrap_or(close_code::NORMAL), reason = %reason, "closed by client");
             }
             Outcome::ServerClosed(close) => match close.code {
@@ -309,12 +315,21 @@ impl<H: Handler> Conn<H> {
             Outcome::Failed { error, close } => {
                 self.state.metrics.error(endpoint, error.kind());
                 let code = close.as_ref().map(|c| c.code);
-                if matches!(error, palisade_transport::ConnError::PeerVanished)
-                    && !self.state.may_log_noisy()
-                {
+                // One client can cause many of these; the line count is bounded (the metric is not).
+                if !self.state.may_log_noisy() {
                     return;
                 }
-                tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = ?code, error = %error, "connection error");
+                match error {
+                    ConnError::IdleTimeout => {
+                        tracing::info!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, "closed: idle timeout");
+                    }
+                    ConnError::SlowConsumer(_) => {
+                        tracing::warn!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, error = %error, "closed: slow consumer");
+                    }
+                    _ => {
+                        tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, error = %error, "connection error");
+                    }
+                }
             }
         }
     }
@@ -366,8 +381,11 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 }
             }
             Auth::Open | Auth::Session { .. } => {
+                let started = Instant::now();
                 let app = self.state.app.clone();
-                app.on_message(&self.peer, msg, ctx).await
+                let result = app.on_message(&self.peer, msg, ctx).await;
+                self.metrics.message_handled(started.elapsed());
+                result
             }
             Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
         }

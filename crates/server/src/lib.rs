@@ -25,6 +25,7 @@
 
 pub mod app;
 pub mod config;
+pub mod posture;
 pub mod server;
 pub mod sessions;
 pub mod tls;

@@ -41,8 +41,12 @@ enum Command {
         #[arg(long)]
         email: Option<String>,
     },
-    /// Check the configuration and exit.
-    Check,
+    /// Check the configuration, list weak settings (security posture) and exit.
+    Check {
+        /// Treat every posture finding as an error (for deployment pipelines).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Write a development CA and a `localhost` certificate signed by it (for `cargo xtask run
     /// --tls`; never for production).
     #[command(hide = true)]
@@ -94,9 +98,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_ref())?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(config),
-        Command::Check => {
+        Command::Check { strict } => {
             palisade_server::server::check(&config)?;
-            println!("configuration ok");
+            let findings = palisade_server::posture::findings(&config);
+            for f in &findings {
+                println!("weak: {}: {}", f.key, f.why);
+            }
+            if strict && !findings.is_empty() {
+                anyhow::bail!("{} weak setting(s) found and --strict is set", findings.len());
+            }
+            println!("configuration ok ({} posture finding(s))", findings.len());
             Ok(())
         }
         Command::DevCert { .. } => Ok(()),

@@ -57,6 +57,9 @@ impl Server {
         sessions: SessionRegistry,
     ) -> anyhow::Result<Server> {
         config.validate()?;
+        for finding in crate::posture::findings(config) {
+            tracing::warn!(key = finding.key, "security posture: {}", finding.why);
+        }
         let codec = if config.secure.enabled { Some(token_codec(&config.auth)?) } else { None };
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
@@ -111,7 +114,19 @@ impl Server {
             let listener = bind(config.admin.listen, "admin.listen").await?;
             let addr = listener.local_addr()?;
             let admin_token = match &config.admin.token_file {
-                Some(path) => Some(read_secret(path, "admin.token_file")?),
+                Some(path) => {
+                    let token = read_secret(path, "admin.token_file")?;
+                    if token.len() < 16 {
+                        bail!(
+                            "admin.token_file {} holds {} bytes: use at least 16 random bytes \
+                             (e.g. `openssl rand -hex 32 > {}`)",
+                            path.display(),
+                            token.len(),
+                            path.display()
+                        );
+                    }
+                    Some(token)
+                }
                 None => None,
             };
             let admin_state = admin::AdminState {
@@ -120,6 +135,8 @@ impl Server {
                 metrics: metrics.clone(),
                 token: admin_token.map(Arc::new),
                 ban_duration: Duration::from_secs(config.firewall.ban_secs),
+                posture: Arc::new(crate::posture::findings(config)),
+                shutdown: shutdown.clone(),
             };
             match tls_config.clone().filter(|_| config.admin.tls) {
                 Some(tls) => {

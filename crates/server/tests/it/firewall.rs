@@ -27,7 +27,7 @@ async fn denied_address_is_dropped_at_accept() {
 
 #[tokio::test]
 async fn repeated_bad_tokens_ban_the_address() {
-    let server = Server::start("firewall.ban_after_failures = 2");
+    let server = Server::start("firewall.ban_after_auth_failures = 2");
     for _ in 0..2 {
         let mut ws = connect(server.secure).await;
         send_text(&mut ws, "bad.token.here").await;
@@ -40,7 +40,7 @@ async fn repeated_bad_tokens_ban_the_address() {
 
 #[tokio::test]
 async fn one_bad_token_below_the_ban_threshold_is_not_banned() {
-    let server = Server::start("firewall.ban_after_failures = 2");
+    let server = Server::start("firewall.ban_after_auth_failures = 2");
     let mut ws = connect(server.secure).await;
     send_text(&mut ws, "bad.token.here").await;
     expect_text(&mut ws, "Invalid Token").await;
@@ -49,14 +49,15 @@ async fn one_bad_token_below_the_ban_threshold_is_not_banned() {
 
 #[tokio::test]
 async fn handshake_flood_gets_http_429() {
-    let server = Server::start("firewall.handshake_rate_per_sec = 1\nfirewall.handshake_burst = 1");
+    let server =
+        Server::start("firewall.handshakes_per_sec_per_ip = 1\nfirewall.handshake_burst = 1");
     let _first = connect(server.echo).await;
     expect_http_refusal(server.echo, &[], 429).await;
 }
 
 #[tokio::test]
 async fn connections_over_the_per_ip_cap_get_http_503() {
-    let server = Server::start("limits.max_connections_per_ip = 2");
+    let server = Server::start("firewall.max_connections_per_ip = 2");
     let mut a = connect(server.echo).await;
     let _b = connect(server.echo).await;
     expect_http_refusal(server.echo, &[], 503).await;

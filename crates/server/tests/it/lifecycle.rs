@@ -19,8 +19,8 @@ async fn thousand_connections_at_once_all_echo() {
         "ulimit -n is {limit}: too low for {CONNECTIONS} connections"
     );
     let server = Server::start(
-        "limits.max_connections_per_ip = 5000\n\
-         firewall.handshake_rate_per_sec = 100000\n\
+        "firewall.max_connections_per_ip = 5000\n\
+         firewall.handshakes_per_sec_per_ip = 100000\n\
          firewall.handshake_burst = 100000",
     );
     let started = Instant::now();

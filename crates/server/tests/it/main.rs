@@ -5,6 +5,8 @@ mod admin;
 mod echo;
 mod firewall;
 mod lifecycle;
+mod monitoring;
+mod per_ip;
 mod raw;
 mod secure;
 mod support;

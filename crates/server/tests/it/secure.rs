@@ -170,7 +170,7 @@ async fn sessions_over_the_per_user_cap_get_1008() {
 
 #[tokio::test]
 async fn message_flood_gets_1008_rate_limit_exceeded() {
-    let server = Server::start("firewall.message_rate_per_sec = 1\nfirewall.message_burst = 2");
+    let server = Server::start("firewall.messages_per_sec = 1\nfirewall.message_burst = 2");
     let mut ws = connect(server.echo).await;
     for i in 0..5 {
         send_text(&mut ws, &format!("m{i}")).await;

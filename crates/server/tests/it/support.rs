@@ -549,3 +549,123 @@ fn dechunk(head: &str, body: &str) -> String {
     }
     out
 }
+
+// ---- distinct loopback source addresses ----
+
+/// `127.0.0.n`: a loopback source address (Linux routes all of 127.0.0.0/8 to `lo`).
+pub(crate) fn lo(n: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, n)
+}
+
+/// A TCP connection to `addr` from the source address `from`.
+pub(crate) async fn tcp_from(
+    from: std::net::Ipv4Addr,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    timeout(STEP, socket.connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect from {from} to {addr} timed out"))
+}
+
+/// Connects a WebSocket client from the source address `from`, with extra request headers;
+/// returns the handshake error (e.g. an HTTP refusal).
+pub(crate) async fn connect_from_with(
+    from: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::Error> {
+    let mut req = format!("ws://{addr}/").into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            http::HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    let stream = tcp_from(from, addr).await?;
+    match timeout(STEP, tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))).await {
+        Ok(r) => r.map(|(ws, _)| ws),
+        Err(_) => panic!("websocket handshake from {from} with {addr} timed out"),
+    }
+}
+
+/// Connects a WebSocket client from the source address `from`.
+pub(crate) async fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> Ws {
+    connect_from_with(from, addr, &[])
+        .await
+        .unwrap_or_else(|e| panic!("connect from {from} to {addr}: {e}"))
+}
+
+/// Expects a handshake from `from` to be refused with this HTTP status.
+pub(crate) async fn expect_http_refusal_from(
+    from: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    status: u16,
+) {
+    match connect_from_with(from, addr, headers).await {
+        Ok(_) => {
+            panic!("handshake from {from} with {headers:?} was accepted; expected HTTP {status}")
+        }
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(
+            resp.status().as_u16(),
+            status,
+            "handshake refusal status (from {from}, headers {headers:?})"
+        ),
+        Err(e) => panic!("handshake from {from} failed with {e}; expected HTTP {status}"),
+    }
+}
+
+/// Expects the server to close a connection from `from` without answering anything.
+pub(crate) async fn expect_dropped_from(from: std::net::Ipv4Addr, addr: SocketAddr) {
+    let Ok(mut s) = tcp_from(from, addr).await else { return };
+    let _ = s
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .await;
+    let mut buf = [0u8; 256];
+    match timeout(STEP, s.read(&mut buf)).await.expect("the server neither answered nor closed") {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!(
+            "expected the connection from {from} to be dropped, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    }
+}
+
+/// A fresh connection from `from` to `addr` (an echo listener) gets its echo.
+pub(crate) async fn assert_echo_serves_from(from: std::net::Ipv4Addr, addr: SocketAddr) {
+    let mut ws = connect_from(from, addr).await;
+    round_trip(&mut ws, &format!("hello from {from}")).await;
+    let _ = ws.close(None).await;
+}
+
+/// Polls `GET /metrics` (with `headers`) until every `(sample, value)` holds, within [`STEP`];
+/// returns the exposition.
+pub(crate) async fn wait_for_metrics(
+    server: &Server,
+    headers: &[(&str, &str)],
+    want: &[(&str, f64)],
+) -> String {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let resp = http(server.admin, "GET", "/metrics", headers, "").await;
+        assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
+        let wrong: Vec<_> = want
+            .iter()
+            .filter(|(sample, value)| metric(&resp.body, sample) != Some(*value))
+            .map(|(sample, value)| {
+                format!("{sample}: want {value}, have {:?}", metric(&resp.body, sample))
+            })
+            .collect();
+        if wrong.is_empty() {
+            return resp.body;
+        }
+        if Instant::now() >= deadline {
+            panic!("metrics never matched:\n{}\nexposition:\n{}", wrong.join("\n"), resp.body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
