@@ -266,7 +266,7 @@ fn outdated() -> Result<(), String> {
     }
     let updates: Vec<Update> = text.lines().filter_map(Update::parse).collect();
     let (ours, transitive): (Vec<&Update>, Vec<&Update>) =
-        updates.iter().partition(|u| direct.iter().any(|d| *d == u.name));
+        updates.iter().partition(|u| direct.contains(&u.name));
     println!("xtask deps: direct dependencies ([workspace.dependencies]) with newer releases");
     if ours.is_empty() {
         println!("  none: every direct dependency is at its newest release");
