@@ -184,15 +184,12 @@ fn run_tls(config: &Path, extra: &[String]) -> Result<(), String> {
          \n  (never install it system-wide on a machine you care about):\
          \n    curl --cacert {ca} https://localhost:9100/healthz\
          \n    openssl s_client -connect localhost:8765 -CAfile {ca} </dev/null\
-         \n    python3 -c 'import asyncio, ssl, websockets\
-         \n    async def main():\
-         \n        ctx = ssl.create_default_context(cafile=\"{ca}\")\
-         \n        async with websockets.connect(\"wss://localhost:8765\", ssl=ctx) as ws:\
-         \n            await ws.send(\"hello\"); print(await ws.recv())\
-         \n    asyncio.run(main())'\
+         \n    python3 -c 'import ssl; from websockets.sync.client import connect; \
+         ws = connect(\"wss://localhost:8765\", ssl=ssl.create_default_context(cafile=\"{ca}\")); \
+         ws.send(\"hello\"); print(ws.recv())'   (pip install websockets)\
          \n\n  mint a token:  cargo xtask token --user-id 42 --ttl 1h\
-         \n  new certificate without a restart: rm .dev/tls/cert.pem, run `cargo xtask run --tls`\
-         \n  elsewhere, or `palisade dev-cert --out .dev/tls --renew`, then `kill -HUP <pid>`\
+         \n  new certificate, no restart:\
+         \n    target/debug/palisade dev-cert --out .dev/tls --renew && kill -HUP <palisade pid>\
          \n\n  Ctrl-C stops the server (connections get close 1001).\n",
         config = config.display(),
     );
@@ -229,7 +226,7 @@ fn ci() -> Result<(), String> {
         status(c)?;
     }
     println!("xtask ci: cargo deny check licenses bans sources");
-    deny()?;
+    deny(true)?;
     println!("xtask ci: all green");
     Ok(())
 }
@@ -247,7 +244,7 @@ fn deps(args: &[String]) -> Result<(), String> {
         outdated()?;
     }
     println!("\nxtask deps: cargo deny check licenses bans sources (policy in deny.toml)");
-    deny()
+    deny(offline)
 }
 
 /// Lists what `cargo update --dry-run --verbose` would change or holds back, direct
@@ -357,8 +354,8 @@ fn workspace_dependencies(manifest: &str) -> Vec<String> {
 }
 
 /// Runs `cargo deny check licenses bans sources`, which needs no network once the crates are
-/// downloaded.
-fn deny() -> Result<(), String> {
+/// downloaded (`offline`: `--frozen`, so it does not even try).
+fn deny(offline: bool) -> Result<(), String> {
     let installed =
         cargo().args(["deny", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !installed {
@@ -367,7 +364,8 @@ fn deny() -> Result<(), String> {
             .into());
     }
     let mut c = cargo();
-    c.args(["deny", "--locked", "check", "licenses", "bans", "sources"]);
+    c.args(["deny", if offline { "--frozen" } else { "--locked" }]);
+    c.args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"]);
     status(c)
 }
 
