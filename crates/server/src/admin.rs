@@ -55,10 +55,12 @@ fn router(state: AdminState) -> Router {
         .route("/users/{user_id}/sessions", delete(revoke_user))
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{ip}", delete(lift_ban))
+        .merge(crate::dashboard::feed_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::page_routes())
         .merge(protected)
         .with_state(state)
 }

@@ -31,6 +31,7 @@ pub mod sessions;
 pub mod tls;
 
 mod admin;
+mod dashboard;
 mod endpoints;
 
 pub use endpoints::replies;
