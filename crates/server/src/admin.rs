@@ -18,6 +18,7 @@ use palisade_metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Audit};
 use crate::sessions::SessionRegistry;
 
 #[derive(Clone)]
@@ -29,6 +30,7 @@ pub(crate) struct AdminState {
     pub(crate) ban_duration: Duration,
     pub(crate) posture: Arc<Vec<crate::posture::Finding>>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) audit: Audit,
 }
 
 /// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
@@ -56,7 +58,8 @@ fn router(state: AdminState) -> Router {
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{ip}", delete(lift_ban))
         .merge(crate::dashboard::feed_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -127,6 +130,7 @@ async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>)
     match found {
         Some(id) if state.sessions.revoke(&id) => {
             tracing::info!(endpoint = "admin", session = %id, "session revoked");
+            state.audit.record(|| audit::revoked(Some(id.as_str()), None, 1));
             (StatusCode::OK, Json(Revoked { revoked: 1 })).into_response()
         }
         _ => (StatusCode::NOT_FOUND, "no such session\n").into_response(),
@@ -135,6 +139,7 @@ async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>)
 
 async fn revoke_user(State(state): State<AdminState>, Path(user_id): Path<String>) -> Response {
     let n = state.sessions.revoke_user(&user_id);
+    state.audit.record(|| audit::revoked(None, Some(&user_id), n));
     tracing::info!(endpoint = "admin", user_id = %user_id, sessions = n, "user sessions revoked");
     Json(Revoked { revoked: n }).into_response()
 }
@@ -183,6 +188,7 @@ async fn add_ban(
     };
     let duration = req.secs.map(Duration::from_secs).unwrap_or(state.ban_duration);
     state.firewall.ban(req.ip, duration, Instant::now());
+    state.audit.record(|| audit::ban(req.ip, duration, "admin"));
     state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
     tracing::warn!(endpoint = "admin", client_ip = %req.ip, ban_secs = duration.as_secs(), "address banned by admin");
     (StatusCode::CREATED, Json(BanView { ip: req.ip, remaining_secs: duration.as_secs() }))
@@ -196,6 +202,7 @@ async fn lift_ban(State(state): State<AdminState>, Path(ip): Path<String>) -> Re
     if state.firewall.unban(ip) {
         state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
         tracing::info!(endpoint = "admin", client_ip = %ip, "ban lifted");
+        state.audit.record(|| palisade_audit::Event::Unban { ip, cause: "admin".into() });
         StatusCode::NO_CONTENT.into_response()
     } else {
         (StatusCode::NOT_FOUND, "no ban for that address\n").into_response()

@@ -28,6 +28,8 @@ pub struct Config {
     pub firewall: FirewallSection,
     /// Logging.
     pub log: LogSection,
+    /// The tamper-evident audit trail (docs/audit.md).
+    pub audit: AuditSection,
 }
 
 /// `[echo]`
@@ -179,6 +181,26 @@ pub struct LogSection {
     pub max_file_bytes: u64,
     /// Rotated error-log files kept.
     pub max_files: usize,
+}
+
+/// `[audit]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The audit trail, JSON lines (off when unset).
+    pub file: Option<PathBuf>,
+    /// Size at which the audit file rotates.
+    pub max_file_bytes: u64,
+    /// Rotated audit files kept (at least 1).
+    pub max_files: usize,
+    /// Records that may wait for the writer before they are counted as dropped.
+    pub queue: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> AuditSection {
+        AuditSection { file: None, max_file_bytes: 16 * 1024 * 1024, max_files: 10, queue: 4096 }
+    }
 }
 
 impl Default for EchoConfig {
@@ -389,6 +411,9 @@ impl Config {
                 self.admin.listen
             );
         }
+        positive("audit.max_file_bytes", self.audit.max_file_bytes)?;
+        positive("audit.max_files", self.audit.max_files as u64)?;
+        positive("audit.queue", self.audit.queue as u64)?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use palisade_transport::{
 };
 
 use crate::app::{Handler, Peer};
+use crate::audit::{self, Audit};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
 /// The seed's replies on the secure endpoint.
@@ -39,6 +40,8 @@ pub(crate) struct State<H> {
     pub(crate) metrics: Metrics,
     pub(crate) echo_prefix: Arc<str>,
     pub(crate) auth_timeout: Duration,
+    /// The audit trail (off unless `audit.file` is set).
+    pub(crate) audit: Audit,
     /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
     noisy_log: DefaultDirectRateLimiter,
 }
@@ -62,6 +65,7 @@ impl<H> State<H> {
             metrics,
             echo_prefix: echo_prefix.into(),
             auth_timeout,
+            audit: Audit::default(),
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
     }
@@ -206,6 +210,7 @@ impl<H> WsEndpoint<H> {
     fn refused(&self, peer: SocketAddr, client_ip: IpAddr, reason: DenyReason) {
         let endpoint = self.kind.name();
         self.state.metrics.handshake_refused(endpoint, reason.as_str());
+        self.state.audit.refused(client_ip, reason.as_str());
         if self.state.may_log_noisy() {
             tracing::warn!(peer = %peer, client_ip = %client_ip, endpoint, kind = reason.as_str(), "connection refused");
         }
@@ -243,15 +248,20 @@ impl<H: Handler> Conn<H> {
         match &result {
             Ok(claims) => {
                 self.state.metrics.auth(endpoint, "ok");
+                self.state.audit.record(|| audit::auth_ok(&self.peer, claims, fp));
                 tracing::info!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, user_id = %claims.user_id, token = %fp, "authenticated");
             }
             Err(e) => {
                 let outcome = if e.is_expired() { "expired" } else { "invalid" };
                 self.state.metrics.auth(endpoint, outcome);
+                self.state.audit.record(|| audit::auth_failed(&self.peer, e.kind(), Some(fp)));
                 tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, kind = e.kind(), token = %fp, error = %e, "authentication failed");
                 if let Some(ban) =
                     self.state.firewall.record_auth_failure(self.peer.client_ip, Instant::now())
                 {
+                    self.state
+                        .audit
+                        .record(|| audit::ban(self.peer.client_ip, ban, "auth_failures"));
                     tracing::warn!(client_ip = %self.peer.client_ip, ban_secs = ban.as_secs(), "address banned after repeated authentication failures");
                 }
             }
@@ -281,6 +291,7 @@ impl<H: Handler> Conn<H> {
         ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
         self.auth = Auth::Session { id: info.id.clone(), expires_at };
         self.state.app.on_session_start(&info, &self.state.sessions);
+        self.state.audit.record(|| audit::session_start(&info, self.peer.client_ip));
         self.peer.session = Some(info);
         Ok(())
     }
@@ -395,6 +406,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         match &self.auth {
             Auth::Waiting => {
                 self.state.metrics.auth(self.kind.name(), "timeout");
+                self.state.audit.record(|| audit::auth_failed(&self.peer, "timeout", None));
                 Err(Close::policy("authentication timeout"))
             }
             Auth::Session { expires_at: Some(at), .. } => {
@@ -424,6 +436,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
             self.state.sessions.unregister(id);
             self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
             if let Some(info) = &self.peer.session {
+                self.state.audit.record(|| audit::session_end(info, outcome));
                 self.state.app.on_session_end(info, &self.state.sessions);
             }
         }

@@ -58,10 +58,18 @@ enum Command {
         #[arg(long)]
         renew: bool,
     },
+    /// Check or read the audit trail (docs/audit.md); needs no configuration.
+    Audit {
+        #[command(subcommand)]
+        command: palisade_server::audit::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit { command }) = &cli.command {
+        return palisade_server::audit::run(command);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -111,6 +119,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::DevCert { .. } => Ok(()),
+        // Run by `main` before any configuration is loaded.
+        Command::Audit { .. } => Ok(()),
         Command::Token { user_id, ttl, email } => {
             let ttl = parse_ttl(&ttl)?;
             let token = palisade_server::server::mint(&config, &user_id, ttl, email.as_deref())?;

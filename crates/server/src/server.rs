@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Handler;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::endpoints::{Kind, State, WsEndpoint};
 use crate::sessions::SessionRegistry;
@@ -36,6 +37,7 @@ pub struct Server {
     /// Traffic counters.
     pub metrics: Metrics,
     tls: Option<Arc<CertStore>>,
+    audit: Audit,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -64,7 +66,8 @@ impl Server {
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
-        let state = Arc::new(State::new(
+        let audit = Audit::open(&config.audit)?;
+        let state = State::new(
             Arc::new(app),
             codec,
             sessions.clone(),
@@ -72,7 +75,8 @@ impl Server {
             metrics.clone(),
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
-        ));
+        );
+        let state = Arc::new(state.with_audit(audit.clone()));
         let cert_store = match config.tls_paths() {
             Some(paths) => Some(load_tls(paths)?),
             None => None,
@@ -137,6 +141,7 @@ impl Server {
                 ban_duration: Duration::from_secs(config.firewall.ban_secs),
                 posture: Arc::new(crate::posture::findings(config)),
                 shutdown: shutdown.clone(),
+                audit: audit.clone(),
             };
             match tls_config.clone().filter(|_| config.admin.tls) {
                 Some(tls) => {
@@ -179,6 +184,7 @@ impl Server {
             firewall,
             metrics,
             tls: cert_store,
+            audit,
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
@@ -190,7 +196,10 @@ impl Server {
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
+        // After the sessions have ended, so their records are in; logs the final head.
+        self.audit.close();
+        drained
     }
 
     /// True when the endpoints speak TLS (`wss://`).

@@ -73,3 +73,16 @@ fn tls_needs_both_files() {
 fn admin_tls_needs_a_certificate() {
     check_err("[admin]\ntls = true\n", "admin.tls = true needs tls.cert_file");
 }
+
+#[test]
+fn audit_is_off_by_default_and_its_zero_sizes_are_refused() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.audit.file, None);
+    let c = Config::from_toml("[audit]\nfile = \"audit.log\"\nmax_files = 3\n").unwrap();
+    assert_eq!(c.audit.file.as_deref(), Some(std::path::Path::new("audit.log")));
+    assert_eq!((c.audit.max_files, c.audit.queue), (3, 4096));
+    check_err("[audit]\nqueue = 0\n", "audit.queue must be greater than 0");
+    check_err("[audit]\nmax_files = 0\n", "audit.max_files must be greater than 0");
+    check_err("[audit]\nmax_file_bytes = 0\n", "audit.max_file_bytes must be greater than 0");
+    check_err("[audit]\nfiles = \"x\"\n", "files");
+}
