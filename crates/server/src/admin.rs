@@ -16,7 +16,6 @@ use axum::{Json, Router};
 use palisade_firewall::Firewall;
 use palisade_metrics::Metrics;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Audit};
@@ -35,7 +34,12 @@ pub(crate) struct AdminState {
     pub(crate) cluster: crate::cluster::Link,
 }
 
-pub(crate) async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+/// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
+pub(crate) async fn serve<L>(listener: L, state: AdminState, shutdown: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = router(state);
     let result =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;

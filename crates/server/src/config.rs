@@ -18,6 +18,8 @@ pub struct Config {
     pub secure: SecureConfig,
     /// The admin HTTP listener.
     pub admin: AdminConfig,
+    /// TLS (`wss://`) for the WebSocket endpoints and, with `admin.tls`, the admin listener.
+    pub tls: TlsSection,
     /// Token verification.
     pub auth: AuthConfig,
     /// Limits and timeouts.
@@ -96,6 +98,18 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// File holding a bearer token required for every admin call except `/healthz`.
     pub token_file: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with the `[tls]` certificate.
+    pub tls: bool,
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain, the server's certificate first. With `key_file`, turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[auth]`
@@ -242,7 +256,12 @@ impl Default for SecureConfig {
 
 impl Default for AdminConfig {
     fn default() -> AdminConfig {
-        AdminConfig { enabled: true, listen: ([127, 0, 0, 1], 9100).into(), token_file: None }
+        AdminConfig {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 9100).into(),
+            token_file: None,
+            tls: false,
+        }
     }
 }
 
@@ -404,6 +423,18 @@ impl Config {
         }
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
         crate::cluster::validate(&self.cluster)?;
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                bail!("tls.cert_file is set but tls.key_file is not: set both, or neither")
+            }
+            (None, Some(_)) => {
+                bail!("tls.key_file is set but tls.cert_file is not: set both, or neither")
+            }
+            _ => {}
+        }
+        if self.admin.enabled && self.admin.tls && self.tls_paths().is_none() {
+            bail!("admin.tls = true needs tls.cert_file and tls.key_file");
+        }
         if self.admin.enabled
             && !self.admin.listen.ip().is_loopback()
             && self.admin.token_file.is_none()
@@ -421,9 +452,19 @@ impl Config {
         Ok(())
     }
 
-    /// True when the WebSocket listeners serve TLS.
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_paths(&self) -> Option<crate::tls::CertPaths> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::CertPaths { cert_file: cert.clone(), key_file: key.clone() })
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the WebSocket listeners serve TLS (`tls.cert_file` and `tls.key_file` set).
     pub fn tls_enabled(&self) -> bool {
-        false
+        self.tls_paths().is_some()
     }
 
     /// The transport's limits from this configuration.

@@ -18,7 +18,9 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::endpoints::{Kind, State, WsEndpoint};
 use crate::sessions::SessionRegistry;
-use crate::{admin, config};
+use crate::tls::listener::TlsListener;
+use crate::tls::{CertInfo, CertStore};
+use crate::{admin, config, tls};
 
 /// A running server: its bound addresses and the handles to stop it.
 pub struct Server {
@@ -34,6 +36,7 @@ pub struct Server {
     pub firewall: Firewall,
     /// Traffic counters.
     pub metrics: Metrics,
+    tls: Option<Arc<CertStore>>,
     audit: Audit,
     /// State shared with the other nodes (in memory when `cluster.redis_url` is unset).
     pub cluster: Arc<dyn palisade_cluster::SharedState>,
@@ -78,7 +81,14 @@ impl Server {
             cluster.clone(),
         );
         let state = Arc::new(state.with_audit(audit.clone()));
-        let transport = Arc::new(config.transport());
+        let cert_store = match config.tls_paths() {
+            Some(paths) => Some(load_tls(paths)?),
+            None => None,
+        };
+        let tls_config = cert_store.clone().map(tls::server_config).transpose()?;
+        let mut transport = config.transport();
+        transport.tls = tls_config.clone();
+        let transport = Arc::new(transport);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         crate::cluster::spawn_events(
@@ -146,7 +156,17 @@ impl Server {
                 audit: audit.clone(),
                 cluster: cluster.clone(),
             };
-            tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+            match tls_config.clone().filter(|_| config.admin.tls) {
+                Some(tls) => {
+                    let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
+                    let listener =
+                        TlsListener::new(listener, tls, timeout, shutdown.clone(), &tracker)?;
+                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                }
+                None => {
+                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                }
+            }
             Some(addr)
         } else {
             None
@@ -176,6 +196,7 @@ impl Server {
             sessions,
             firewall,
             metrics,
+            tls: cert_store,
             audit,
             cluster: cluster.state,
             shutdown,
@@ -196,6 +217,24 @@ impl Server {
         drained
     }
 
+    /// True when the endpoints speak TLS (`wss://`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (on SIGHUP). New handshakes get the new
+    /// certificate; open connections are not touched. On error the current certificate stays
+    /// in use. `Ok(None)` when TLS is off.
+    pub fn reload_tls(&self) -> anyhow::Result<Option<CertInfo>> {
+        let Some(store) = &self.tls else { return Ok(None) };
+        store.reload().map(Some)
+    }
+
+    /// The certificate being served, when TLS is on.
+    pub fn tls_certificate(&self) -> Option<CertInfo> {
+        self.tls.as_ref().map(|s| s.info())
+    }
+
     /// A token that is cancelled when shutdown begins.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -206,6 +245,18 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} ({key}): is another process using it? choose another port in the config")
     })
+}
+
+/// Loads the certificate and key (errors name the file), logs what is served and warns about
+/// validity.
+fn load_tls(paths: tls::CertPaths) -> anyhow::Result<Arc<CertStore>> {
+    let store = CertStore::load(paths)?;
+    let info = store.info();
+    tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, chain = info.chain_len, "tls enabled");
+    if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
+        tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
+    }
+    Ok(Arc::new(store))
 }
 
 /// Reads a secret file; trailing newlines and spaces are not part of the secret.
@@ -299,6 +350,9 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         token_codec(&config.auth)?;
     }
     Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+    if let Some(paths) = config.tls_paths() {
+        CertStore::load(paths)?;
+    }
     Ok(())
 }
 

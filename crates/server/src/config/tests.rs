@@ -64,6 +64,17 @@ fn env_overrides_log_level() {
 }
 
 #[test]
+fn tls_needs_both_files() {
+    check_err("[tls]\ncert_file = \"c.pem\"\n", "tls.key_file is not");
+    check_err("[tls]\nkey_file = \"k.pem\"\n", "tls.cert_file is not");
+}
+
+#[test]
+fn admin_tls_needs_a_certificate() {
+    check_err("[admin]\ntls = true\n", "admin.tls = true needs tls.cert_file");
+}
+
+#[test]
 fn audit_is_off_by_default_and_its_zero_sizes_are_refused() {
     let c = Config::from_toml("").unwrap();
     assert_eq!(c.audit.file, None);

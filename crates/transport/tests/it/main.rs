@@ -1,12 +1,15 @@
 //! Integration tests: the real accept loop on 127.0.0.1:0 driven by a real WebSocket client.
 
+mod tls;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use palisade_transport::{
-    Accept, Close, ConnHandle, ConnInfo, Context, Endpoint, Handler, HandshakeRequest, Message,
-    Outcome, Refusal, Rejection, TransportConfig,
+    Accept, Close, ConnHandle, ConnInfo, Context, Endpoint, Handler, HandshakeError,
+    HandshakeRequest, Message, Outcome, Refusal, Rejection, TransportConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +23,12 @@ use tokio_util::task::TaskTracker;
 struct Recorder {
     handles: Mutex<Vec<ConnHandle>>,
     outcomes: Mutex<Vec<String>>,
+    /// `handshake_failed` kinds, in order.
+    failures: Mutex<Vec<String>>,
+    /// Connections admitted so far.
+    admitted: AtomicUsize,
+    /// Refuse every connection at admission (drop it).
+    deny: AtomicBool,
 }
 
 struct EchoConn(Arc<Recorder>);
@@ -56,6 +65,10 @@ impl Endpoint for Ep {
     type Handler = EchoConn;
 
     fn admit(&self, _peer: std::net::SocketAddr) -> Result<(), Refusal> {
+        if self.0.deny.load(Ordering::Relaxed) {
+            return Err(Refusal::Drop);
+        }
+        self.0.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -70,6 +83,10 @@ impl Endpoint for Ep {
         }
         let accept = Accept { subprotocol: Some("chat.v1".into()), ..Accept::default() };
         Ok((accept, EchoConn(self.0.clone())))
+    }
+
+    fn handshake_failed(&self, _info: &ConnInfo, error: &HandshakeError) {
+        self.0.failures.lock().unwrap().push(error.kind().to_owned());
     }
 }
 
