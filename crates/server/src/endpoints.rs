@@ -20,6 +20,8 @@ use palisade_transport::{
 use crate::app::{Handler, Peer};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
+pub(crate) mod v1;
+
 /// The seed's replies on the secure endpoint.
 pub mod replies {
     /// Sent after a valid token.
@@ -39,6 +41,8 @@ pub(crate) struct State<H> {
     pub(crate) metrics: Metrics,
     pub(crate) echo_prefix: Arc<str>,
     pub(crate) auth_timeout: Duration,
+    /// The `palisade.v1` subprotocol's settings; `None` when it is turned off.
+    v1: Option<v1::Settings>,
     /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
     noisy_log: DefaultDirectRateLimiter,
 }
@@ -62,8 +66,15 @@ impl<H> State<H> {
             metrics,
             echo_prefix: echo_prefix.into(),
             auth_timeout,
+            v1: None,
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
+    }
+
+    /// Offers the `palisade.v1` subprotocol on the secure endpoint with these settings.
+    pub(crate) fn with_v1(mut self, settings: Option<v1::Settings>) -> State<H> {
+        self.v1 = settings;
+        self
     }
 
     fn may_log_noisy(&self) -> bool {
@@ -162,7 +173,16 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 Kind::Echo => Auth::Open,
                 Kind::Secure => Auth::Waiting,
             },
+            v1: None,
         };
+        let mut accept = Accept::default();
+        if self.kind == Kind::Secure
+            && v1::offered(req)
+            && let Some(settings) = &self.state.v1
+        {
+            accept.subprotocol = Some(v1::PROTOCOL.into());
+            conn.v1 = Some(v1::V1::new(settings.clone()));
+        }
         if self.kind == Kind::Secure {
             let bearer =
                 header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
@@ -176,7 +196,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 }
             }
         }
-        Ok((Accept::default(), conn))
+        Ok((accept, conn))
     }
 
     fn handshake_failed(&self, info: &ConnInfo, error: &HandshakeError) {
@@ -228,6 +248,8 @@ pub(crate) struct Conn<H> {
     limiter: MessageLimiter,
     peer: Peer,
     auth: Auth,
+    /// The `palisade.v1` state when the client negotiated it; `None` speaks the guide's text.
+    v1: Option<v1::V1>,
 }
 
 impl<H: Handler> Conn<H> {
@@ -273,9 +295,13 @@ impl<H: Handler> Conn<H> {
             return Err(Close::policy("too many sessions for this user"));
         }
         self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
-        ctx.set_deadline(expires_at.map(deadline_for));
-        ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
         self.auth = Auth::Session { id: info.id.clone(), expires_at };
+        if self.v1.is_some() {
+            self.v1_session_started(&info, ctx)?;
+        } else {
+            ctx.set_deadline(expires_at.map(deadline_for));
+            ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
+        }
         self.state.app.on_session_start(&info, &self.state.sessions);
         self.peer.session = Some(info);
         Ok(())
@@ -347,6 +373,9 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         if !self.limiter.check(Instant::now()).is_allow() {
             return Err(Close::policy("rate limit exceeded"));
         }
+        if self.v1.is_some() {
+            return self.v1_message(msg, ctx).await;
+        }
         match &self.auth {
             Auth::Waiting => {
                 let token = match &msg {
@@ -374,6 +403,9 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
     }
 
     async fn on_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        if self.v1.is_some() && matches!(self.auth, Auth::Session { .. }) {
+            return self.v1_session_deadline(ctx);
+        }
         match &self.auth {
             Auth::Waiting => {
                 self.state.metrics.auth(self.kind.name(), "timeout");
@@ -390,6 +422,17 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
             }
             _ => Ok(()),
         }
+    }
+
+    fn on_push(&mut self, msg: Message) -> Message {
+        match &self.v1 {
+            Some(_) => v1::wrap_reply(msg),
+            None => msg,
+        }
+    }
+
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        self.v1.as_mut().map(|v1| v1.closing(close))
     }
 
     fn on_sent(&mut self, messages: usize, bytes: usize) {

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::Handler;
 use crate::config::Config;
-use crate::endpoints::{Kind, State, WsEndpoint};
+use crate::endpoints::{Kind, State, WsEndpoint, v1};
 use crate::sessions::SessionRegistry;
 use crate::{admin, config};
 
@@ -58,15 +58,18 @@ impl Server {
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
-        let state = Arc::new(State::new(
-            Arc::new(app),
-            codec,
-            sessions.clone(),
-            firewall.clone(),
-            metrics.clone(),
-            &config.echo.prefix,
-            Duration::from_secs(config.secure.auth_timeout_secs),
-        ));
+        let state = Arc::new(
+            State::new(
+                Arc::new(app),
+                codec,
+                sessions.clone(),
+                firewall.clone(),
+                metrics.clone(),
+                &config.echo.prefix,
+                Duration::from_secs(config.secure.auth_timeout_secs),
+            )
+            .with_v1(v1::Settings::from_config(config)),
+        );
         let transport = Arc::new(config.transport());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
