@@ -3,7 +3,9 @@
 //! warnings, refresh and its refusals, bad envelopes, the error envelope before every close, and
 //! the browser client of docs/subprotocol.md run in Node's standard `WebSocket`.
 
+#[path = "subprotocol/node.rs"]
 mod node;
+#[path = "subprotocol/support.rs"]
 mod support;
 
 use std::process::Stdio;
@@ -21,7 +23,7 @@ use support::{
 };
 
 /// Bounds a whole test.
-async fn bounded<F: std::future::Future<Output = ()>>(limit_secs: u64, test: F) {
+async fn bounded<F: Future<Output = ()>>(limit_secs: u64, test: F) {
     timeout(Duration::from_secs(limit_secs), test)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {limit_secs} s"));
@@ -469,7 +471,7 @@ async fn the_documented_browser_client_authenticates_refreshes_and_reconnects() 
         let t0 = now();
         let tokens = [
             token_at("42", t0 + 3),  // First session: expiring comes after about 1 s.
-            token_at("42", t0 + 5),  // First refresh, within the 6 s limit.
+            token_at("42", t0 + 6), // First refresh, within the 6 s limit; expiring again at t0 + 4.
             token_at("42", t0 + 60), // Second refresh: past the limit, so 1008 session too long.
             token_at("42", t0 + 60), // The reconnect.
         ];

@@ -225,9 +225,10 @@ pub(crate) async fn authenticated_at(server: &Server, user_id: &str, exp: u64) -
     (ws, env)
 }
 
-/// Connects and authenticates as `user_id` with a token valid for a minute.
+/// Connects and authenticates as `user_id` with a token valid for ten minutes (so no `expiring`
+/// comes at the default warning of 60 s).
 pub(crate) async fn authenticated(server: &Server, user_id: &str) -> Ws {
-    authenticated_at(server, user_id, now() + 60).await.0
+    authenticated_at(server, user_id, now() + 600).await.0
 }
 
 /// Sends an envelope (checked against the client schema).
