@@ -373,10 +373,15 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         if !self.limiter.check(Instant::now()).is_allow() {
             return Err(Close::policy("rate limit exceeded"));
         }
-        if self.v1.is_some() {
-            return self.v1_message(msg, ctx).await;
-        }
-        match &self.auth {
+        // In `palisade.v1` mode only the `data` of a message envelope reaches the application.
+        let (msg, v1_mark) = match self.v1.is_some() {
+            false => (msg, None),
+            true => match self.v1_message(msg, ctx)? {
+                Some(data) => (data, Some(ctx.queued())),
+                None => return Ok(()),
+            },
+        };
+        let result = match &self.auth {
             Auth::Waiting => {
                 let token = match &msg {
                     Message::Text(t) => t.trim(),
@@ -399,7 +404,11 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 app.on_message(&self.peer, msg, ctx).await
             }
             Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
+        };
+        if let Some(mark) = v1_mark {
+            ctx.map_queued(mark, v1::wrap_reply);
         }
+        result
     }
 
     async fn on_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {

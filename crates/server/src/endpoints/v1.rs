@@ -307,19 +307,20 @@ impl<H: Handler> Conn<H> {
         self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0)
     }
 
-    /// A message from a `palisade.v1` client (after the rate limit).
-    pub(super) async fn v1_message(
+    /// A message from a `palisade.v1` client (after the rate limit). Returns the message for the
+    /// application (the JSON text of a message envelope's `data`), if there is one.
+    pub(super) fn v1_message(
         &mut self,
         msg: Message,
         ctx: &mut Context,
-    ) -> Result<(), Close> {
+    ) -> Result<Option<Message>, Close> {
         let parsed = match &msg {
             Message::Text(text) => parse(text),
             Message::Binary(_) => Err("binary frames are not envelopes; send JSON text".into()),
         };
         let envelope = match parsed {
             Ok(e) => e,
-            Err(detail) => return self.v1_bad_envelope(detail, ctx),
+            Err(detail) => return self.v1_bad_envelope(detail, ctx).map(|()| None),
         };
         let in_session = match self.auth {
             Auth::Waiting => false,
@@ -329,25 +330,20 @@ impl<H: Handler> Conn<H> {
             }
         };
         match (envelope, in_session) {
-            (Envelope::Auth(token), false) => self.v1_auth(&token, ctx),
-            (Envelope::Auth(_), true) => self.v1_bad_envelope(
-                "already authenticated; send a `refresh` envelope to replace the token".into(),
-                ctx,
-            ),
-            (_, false) => Err(self.v1_state()?.fail(
+            (Envelope::Message(data), true) => Ok(Some(Message::Text(data.get().into()))),
+            (Envelope::Auth(token), false) => self.v1_auth(&token, ctx).map(|()| None),
+            (Envelope::Auth(_), true) => self
+                .v1_bad_envelope(
+                    "already authenticated; send a `refresh` envelope to replace the token".into(),
+                    ctx,
+                )
+                .map(|()| None),
+            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).map(|()| None),
+            (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self.v1_state()?.fail(
                 "not_authenticated",
                 "send an `auth` envelope first",
                 Close::policy("authentication required"),
             )),
-            (Envelope::Message(data), true) => {
-                let app = self.state.app.clone();
-                let mark = ctx.queued();
-                let result =
-                    app.on_message(&self.peer, Message::Text(data.get().into()), ctx).await;
-                ctx.map_queued(mark, wrap_reply);
-                result
-            }
-            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx),
         }
     }
 
