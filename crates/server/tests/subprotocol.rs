@@ -318,6 +318,10 @@ async fn a_refresh_past_max_session_secs_closes_with_session_too_long() {
         let exp = now() + 25;
         send(&mut ws, &json!({"type": "refresh", "token": token_at("42", exp)})).await;
         assert_eq!(expect_type(&mut ws, "refreshed").await["exp"], exp);
+        // The admin API lists the new expiry.
+        let (_, body) = http(server.admin, "GET", "/sessions").await;
+        let sessions: Value = serde_json::from_str(&body).expect("session list is JSON");
+        assert_eq!(sessions[0]["expires"], exp, "{body}");
         // Past it: refused, and the session closes.
         send(&mut ws, &json!({"type": "refresh", "token": token("42", 120)})).await;
         let detail = expect_error(&mut ws, "session_too_long").await;
