@@ -179,6 +179,7 @@ async fn expiring_arrives_on_time_and_the_session_ends_at_exp() {
         match next_within(&mut ws, Duration::from_secs(6)).await {
             Frame::Envelope(v) if v["type"] == "expiring" => {
                 let at = now_f64();
+                eprintln!("expiring arrived {:.3} s after its due time", at - due);
                 assert!(at >= due - 0.01 && at <= due + 0.75, "expiring at {at}, due {due}");
                 let in_secs = v["in_secs"].as_u64().expect("in_secs");
                 assert!((1..=2).contains(&in_secs), "in_secs {in_secs}");
@@ -189,6 +190,7 @@ async fn expiring_arrives_on_time_and_the_session_ends_at_exp() {
         match next_within(&mut ws, Duration::from_secs(4)).await {
             Frame::Envelope(v) if v["type"] == "error" => {
                 let at = now_f64();
+                eprintln!("token_expired arrived {:.3} s after exp", at - exp as f64);
                 assert_eq!(v["reason"], "token_expired");
                 assert!(
                     at >= exp as f64 - 0.01 && at <= exp as f64 + 0.75,
