@@ -41,8 +41,6 @@ pub(crate) struct State<H> {
     pub(crate) metrics: Metrics,
     pub(crate) echo_prefix: Arc<str>,
     pub(crate) auth_timeout: Duration,
-    /// The `palisade.v1` subprotocol's settings; `None` when it is turned off.
-    v1: Option<v1::Settings>,
     /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
     noisy_log: DefaultDirectRateLimiter,
 }
@@ -66,15 +64,8 @@ impl<H> State<H> {
             metrics,
             echo_prefix: echo_prefix.into(),
             auth_timeout,
-            v1: None,
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
-    }
-
-    /// Offers the `palisade.v1` subprotocol on the secure endpoint with these settings.
-    pub(crate) fn with_v1(mut self, settings: Option<v1::Settings>) -> State<H> {
-        self.v1 = settings;
-        self
     }
 
     fn may_log_noisy(&self) -> bool {
@@ -103,6 +94,8 @@ pub(crate) struct WsEndpoint<H> {
     pub(crate) kind: Kind,
     pub(crate) state: Arc<State<H>>,
     pub(crate) metrics: EndpointMetrics,
+    /// The `palisade.v1` subprotocol's settings (secure endpoint); `None` when it is off.
+    pub(crate) v1: Option<v1::Settings>,
 }
 
 impl<H: Handler> Endpoint for WsEndpoint<H> {
@@ -178,7 +171,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
         let mut accept = Accept::default();
         if self.kind == Kind::Secure
             && v1::offered(req)
-            && let Some(settings) = &self.state.v1
+            && let Some(settings) = &self.v1
         {
             accept.subprotocol = Some(v1::PROTOCOL.into());
             conn.v1 = Some(v1::V1::new(settings.clone()));

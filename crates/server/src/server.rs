@@ -58,18 +58,15 @@ impl Server {
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
-        let state = Arc::new(
-            State::new(
-                Arc::new(app),
-                codec,
-                sessions.clone(),
-                firewall.clone(),
-                metrics.clone(),
-                &config.echo.prefix,
-                Duration::from_secs(config.secure.auth_timeout_secs),
-            )
-            .with_v1(v1::Settings::from_config(config)),
-        );
+        let state = Arc::new(State::new(
+            Arc::new(app),
+            codec,
+            sessions.clone(),
+            firewall.clone(),
+            metrics.clone(),
+            &config.echo.prefix,
+            Duration::from_secs(config.secure.auth_timeout_secs),
+        ));
         let transport = Arc::new(config.transport());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -88,6 +85,7 @@ impl Server {
                 kind,
                 state: state.clone(),
                 metrics: metrics.endpoint(kind.name()),
+                v1: v1::Settings::from_config(config),
             });
             let serve = palisade_transport::serve(
                 listener,
