@@ -20,14 +20,14 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Token verification.
     pub auth: AuthConfig,
+    /// The `palisade.v1` subprotocol on the secure endpoint.
+    pub subprotocol: SubprotocolConfig,
     /// Limits and timeouts.
     pub limits: LimitsConfig,
     /// IP rules, rate limits, bans and origins.
     pub firewall: FirewallSection,
     /// Logging.
     pub log: LogSection,
-    /// The `palisade.v1` subprotocol on the secure endpoint.
-    pub subprotocol: SubprotocolConfig,
 }
 
 /// `[echo]`
