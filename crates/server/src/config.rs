@@ -22,6 +22,8 @@ pub struct Config {
     pub tls: TlsSection,
     /// Token verification.
     pub auth: AuthConfig,
+    /// The `palisade.v1` subprotocol on the secure endpoint.
+    pub subprotocol: SubprotocolConfig,
     /// Limits and timeouts.
     pub limits: LimitsConfig,
     /// IP rules, rate limits, bans and origins.
@@ -136,6 +138,10 @@ pub struct AuthConfig {
     pub typ: Option<String>,
     /// Longest token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Longest a `palisade.v1` session may last, refreshes included, in seconds (0: no cap).
+    pub max_session_secs: u64,
+    /// Seconds before a token's `exp` that a `palisade.v1` client is sent `expiring` (0: never).
+    pub expiry_warning_secs: u64,
     /// The HMAC secret itself, from `PALISADE_JWT_SECRET` (never from the file).
     #[serde(skip)]
     pub secret: Option<SecretString>,
@@ -278,6 +284,8 @@ impl Default for AuthConfig {
             audience: None,
             typ: None,
             max_token_bytes: 8 * 1024,
+            max_session_secs: 24 * 3600,
+            expiry_warning_secs: 60,
             secret: None,
         }
     }
@@ -328,6 +336,22 @@ impl Default for LogSection {
             max_file_bytes: 10 * 1024 * 1024,
             max_files: 5,
         }
+    }
+}
+
+/// `[subprotocol]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubprotocolConfig {
+    /// Select `palisade.v1` on the secure endpoint when a client offers it.
+    pub enabled: bool,
+    /// The bad envelope (of one connection) at which it is closed with 1008.
+    pub close_after_bad_envelopes: u32,
+}
+
+impl Default for SubprotocolConfig {
+    fn default() -> SubprotocolConfig {
+        SubprotocolConfig { enabled: true, close_after_bad_envelopes: 3 }
     }
 }
 
@@ -417,6 +441,10 @@ impl Config {
             );
         }
         positive("auth.max_token_bytes", self.auth.max_token_bytes as u64)?;
+        positive(
+            "subprotocol.close_after_bad_envelopes",
+            u64::from(self.subprotocol.close_after_bad_envelopes),
+        )?;
         match self.log.format.as_str() {
             "text" | "json" => {}
             other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),

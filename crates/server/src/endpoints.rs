@@ -21,6 +21,8 @@ use crate::app::{Handler, Peer};
 use crate::audit::{self, Audit};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
+pub(crate) mod v1;
+
 /// The seed's replies on the secure endpoint.
 pub mod replies {
     /// Sent after a valid token.
@@ -101,6 +103,8 @@ pub(crate) struct WsEndpoint<H> {
     pub(crate) kind: Kind,
     pub(crate) state: Arc<State<H>>,
     pub(crate) metrics: EndpointMetrics,
+    /// The `palisade.v1` subprotocol's settings (secure endpoint); `None` when it is off.
+    pub(crate) v1: Option<v1::Settings>,
 }
 
 impl<H: Handler> Endpoint for WsEndpoint<H> {
@@ -176,7 +180,16 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 Kind::Echo => Auth::Open,
                 Kind::Secure => Auth::Waiting,
             },
+            v1: None,
         };
+        let mut accept = Accept::default();
+        if self.kind == Kind::Secure
+            && v1::offered(req)
+            && let Some(settings) = &self.v1
+        {
+            accept.subprotocol = Some(v1::PROTOCOL.into());
+            conn.v1 = Some(v1::V1::new(settings.clone()));
+        }
         if self.kind == Kind::Secure {
             let bearer = header("authorization").and_then(crate::admin::bearer_token);
             if let Some(token) = bearer {
@@ -189,7 +202,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 }
             }
         }
-        Ok((Accept::default(), conn))
+        Ok((accept, conn))
     }
 
     fn handshake_failed(&self, info: &ConnInfo, error: &HandshakeError) {
@@ -242,6 +255,8 @@ pub(crate) struct Conn<H> {
     limiter: MessageLimiter,
     peer: Peer,
     auth: Auth,
+    /// The `palisade.v1` state when the client negotiated it; `None` speaks the guide's text.
+    v1: Option<v1::V1>,
 }
 
 impl<H: Handler> Conn<H> {
@@ -304,9 +319,13 @@ impl<H: Handler> Conn<H> {
             return Err(Close::policy("too many sessions for this user"));
         }
         self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
-        ctx.set_deadline(expires_at.map(deadline_for));
-        ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
         self.auth = Auth::Session { id: info.id.clone(), expires_at };
+        if self.v1.is_some() {
+            self.v1_session_started(&info, ctx)?;
+        } else {
+            ctx.set_deadline(expires_at.map(deadline_for));
+            ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
+        }
         self.state.app.on_session_start(&info, &self.state.sessions);
         self.state.audit.record(|| audit::session_start(&info, self.peer.client_ip));
         self.peer.session = Some(info);
@@ -390,7 +409,15 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         if !self.limiter.check(Instant::now()).is_allow() {
             return Err(Close::policy("rate limit exceeded"));
         }
-        match &self.auth {
+        // In `palisade.v1` mode only the `data` of a message envelope reaches the application.
+        let (msg, v1_mark) = match self.v1.is_some() {
+            false => (msg, None),
+            true => match self.v1_message(msg, ctx).await? {
+                Some(data) => (data, Some(ctx.queued())),
+                None => return Ok(()),
+            },
+        };
+        let result = match &self.auth {
             Auth::Waiting => {
                 let token = match &msg {
                     Message::Text(t) => t.trim(),
@@ -416,10 +443,17 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 result
             }
             Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
+        };
+        if let Some(mark) = v1_mark {
+            ctx.map_queued(mark, v1::wrap_reply);
         }
+        result
     }
 
     async fn on_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        if self.v1.is_some() && matches!(self.auth, Auth::Session { .. }) {
+            return self.v1_session_deadline(ctx);
+        }
         match &self.auth {
             Auth::Waiting => {
                 self.state.metrics.auth(self.kind.name(), "timeout");
@@ -437,6 +471,17 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
             }
             _ => Ok(()),
         }
+    }
+
+    fn on_push(&mut self, msg: Message) -> Message {
+        match &self.v1 {
+            Some(_) => v1::wrap_reply(msg),
+            None => msg,
+        }
+    }
+
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        self.v1.as_mut().map(|v1| v1.closing(close))
     }
 
     fn on_sent(&mut self, messages: usize, bytes: usize) {

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::Handler;
 use crate::audit::Audit;
 use crate::config::Config;
-use crate::endpoints::{Kind, State, WsEndpoint};
+use crate::endpoints::{Kind, State, WsEndpoint, v1};
 use crate::sessions::SessionRegistry;
 use crate::tls::listener::TlsListener;
 use crate::tls::{CertInfo, CertStore};
@@ -114,6 +114,7 @@ impl Server {
                 kind,
                 state: state.clone(),
                 metrics: metrics.endpoint(kind.name()),
+                v1: v1::Settings::from_config(config),
             });
             let serve = palisade_transport::serve(
                 listener,

@@ -321,3 +321,130 @@ async fn client_that_stops_reading_is_closed_as_slow_consumer() {
     assert!(outcome.contains("slow_consumer") || outcome == "server 1008", "{outcome}");
     drop(ws);
 }
+
+/// Uses the hooks a subprotocol needs: rewrites what it queued after a mark, rewrites pushes,
+/// and says why before every close.
+struct Hooked;
+
+impl Handler for Hooked {
+    async fn on_message(&mut self, msg: Message, ctx: &mut Context) -> Result<(), Close> {
+        match msg {
+            Message::Text(t) if t == "bye" => Err(Close::new(4000, "bye")),
+            Message::Text(t) if t == "push" => {
+                ctx.handle().send(Message::Text("pushed".into())).expect("push");
+                Ok(())
+            }
+            Message::Text(t) => {
+                ctx.send(Message::Text("before".into()))?;
+                let mark = ctx.queued();
+                ctx.send(Message::Text(t))?;
+                ctx.map_queued(mark, |m| match m {
+                    Message::Text(t) => Message::Text(t.to_uppercase()),
+                    other => other,
+                });
+                Ok(())
+            }
+            Message::Binary(_) => Ok(()),
+        }
+    }
+
+    fn on_push(&mut self, msg: Message) -> Message {
+        match msg {
+            Message::Text(t) => Message::Text(format!("push:{t}")),
+            other => other,
+        }
+    }
+
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        Some(Message::Text(format!("closing {} {}", close.code, close.reason)))
+    }
+}
+
+struct HookedEp;
+
+impl Endpoint for HookedEp {
+    type Admission = ();
+    type Handler = Hooked;
+
+    fn admit(&self, _peer: std::net::SocketAddr) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn handshake(
+        &self,
+        _info: &ConnInfo,
+        _admission: &(),
+        _req: &HandshakeRequest,
+    ) -> Result<(Accept, Hooked), Rejection> {
+        Ok((Accept::default(), Hooked))
+    }
+}
+
+async fn start_hooked(
+    tweak: impl FnOnce(&mut TransportConfig),
+) -> (std::net::SocketAddr, CancellationToken) {
+    let mut config = TransportConfig::secure_defaults();
+    config.close_timeout = Duration::from_millis(500);
+    tweak(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let serve = palisade_transport::serve(
+        listener,
+        "hooked",
+        Arc::new(HookedEp),
+        Arc::new(config),
+        shutdown.clone(),
+        TaskTracker::new(),
+    );
+    tokio::spawn(serve);
+    (addr, shutdown)
+}
+
+async fn next_text(ws: &mut Client) -> String {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        match next.expect("a message within 5 s") {
+            Some(Ok(WsMessage::Text(t))) => return t.to_string(),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn hooks_rewrite_queued_replies_and_pushes() {
+    let (addr, _shutdown) = start_hooked(|_| {}).await;
+    let mut ws = connect(addr).await;
+    ws.send(WsMessage::text("abc")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    assert_eq!(next_text(&mut ws).await, "ABC");
+    ws.send(WsMessage::text("push")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "push:pushed");
+}
+
+#[tokio::test]
+async fn on_closing_message_precedes_every_server_close() {
+    // The handler's own close.
+    let (addr, shutdown) = start_hooked(|c| {
+        c.idle_timeout = Duration::from_millis(400);
+        c.ping_interval = Duration::ZERO;
+    })
+    .await;
+    let mut ws = connect(addr).await;
+    ws.send(WsMessage::text("bye")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "closing 4000 bye");
+    assert_eq!(close_code(&mut ws).await, Some(4000));
+    // A transport failure (idle timeout).
+    let mut ws = connect(addr).await;
+    assert_eq!(next_text(&mut ws).await, "closing 1001 idle timeout");
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    // Shutdown.
+    let mut ws = connect(addr).await;
+    ws.send(WsMessage::text("x")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    assert_eq!(next_text(&mut ws).await, "X");
+    shutdown.cancel();
+    assert_eq!(next_text(&mut ws).await, "closing 1001 server shutting down");
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+}
