@@ -7,7 +7,7 @@
 //!   `"info"` or `"palisade=debug,info"` ([`LogConfig::level`]);
 //! - the error log [`ERROR_LOG_FILE`] (`websocket_errors.log`) in
 //!   [`LogConfig::dir`], which receives ERROR events only, whatever the console
-//!   level, as one JSON object per line. It is written by tracing-appender's
+//!   level (plus [`ANCHOR_TARGET`] events at INFO and WARN), as one JSON object per line. It is written by tracing-appender's
 //!   non-blocking worker and rotated by size into `websocket_errors.log.1`,
 //!   `.2`, ... keeping at most [`LogConfig::max_files`] old files, so the error
 //!   log never takes more than `(max_files + 1) * max_file_bytes` bytes.
@@ -75,6 +75,11 @@ use crate::rotate::SizeRotatingFile;
 
 /// The name of the error log inside [`LogConfig::dir`].
 pub const ERROR_LOG_FILE: &str = "websocket_errors.log";
+
+/// Events with this target reach the error log at INFO and WARN too, not only at ERROR: facts
+/// that an operator must find there later but that are not errors, such as the head of the
+/// audit chain (`tracing::info!(target: palisade_errlog::ANCHOR_TARGET, ...)`).
+pub const ANCHOR_TARGET: &str = "palisade::anchor";
 
 /// How many error lines may wait for the writer thread; past that, new lines
 /// are dropped (and counted) rather than blocking the server.
@@ -288,11 +293,15 @@ where
     Ok((Box::new(subscriber), guard))
 }
 
-/// ERROR events only; spans at INFO or more severe, so their fields give the
-/// error lines context.
+/// ERROR events, and [`ANCHOR_TARGET`] events at INFO or more severe; spans at
+/// INFO or more severe, so their fields give the error lines context.
 fn error_file_filter() -> impl Filter<Registry> + Send + Sync + 'static {
     filter::filter_fn(|meta| {
-        if meta.is_event() { *meta.level() == Level::ERROR } else { *meta.level() <= Level::INFO }
+        if meta.is_event() && meta.target() != ANCHOR_TARGET {
+            *meta.level() == Level::ERROR
+        } else {
+            *meta.level() <= Level::INFO
+        }
     })
     .with_max_level_hint(LevelFilter::INFO)
 }

@@ -110,6 +110,23 @@ fn warn_info_debug_and_trace_do_not_reach_file() {
 }
 
 #[test]
+fn anchor_events_reach_file_at_info_and_warn_even_when_console_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (console, lines) = run(&config("off", LogFormat::Text, Some(dir.path())), || {
+        debug!(target: super::ANCHOR_TARGET, "too low");
+        info!(target: super::ANCHOR_TARGET, audit_seq = 41u64, "audit chain head");
+        warn!(target: super::ANCHOR_TARGET, "anchor at warn");
+        info!(target: "palisade::other", "not an anchor");
+    });
+    assert_eq!(console, "");
+    let messages: Vec<&Value> = lines.iter().map(|l| &l["message"]).collect();
+    assert_eq!(messages, ["audit chain head", "anchor at warn"]);
+    assert_eq!(lines[0]["level"], "INFO");
+    assert_eq!(lines[0]["audit_seq"], 41);
+    assert_eq!(lines[0]["target"], "palisade::anchor");
+}
+
+#[test]
 fn errors_reach_file_even_when_console_is_off() {
     let dir = tempfile::tempdir().unwrap();
     let (console, lines) = run(&config("off", LogFormat::Text, Some(dir.path())), || {

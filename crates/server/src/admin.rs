@@ -11,14 +11,14 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use palisade_firewall::Firewall;
 use palisade_metrics::Metrics;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Audit};
 use crate::sessions::SessionRegistry;
 
 #[derive(Clone)]
@@ -30,9 +30,16 @@ pub(crate) struct AdminState {
     pub(crate) ban_duration: Duration,
     pub(crate) posture: Arc<Vec<crate::posture::Finding>>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) audit: Audit,
+    pub(crate) cluster: crate::cluster::Link,
 }
 
-pub(crate) async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+/// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
+pub(crate) async fn serve<L>(listener: L, state: AdminState, shutdown: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = router(state);
     let result =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
@@ -51,8 +58,15 @@ fn router(state: AdminState) -> Router {
         .route("/users/{user_id}/sessions", delete(revoke_user))
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{ip}", delete(lift_ban))
+        .route("/publish", post(crate::cluster::publish))
+        .route(
+            "/revocations",
+            get(crate::cluster::list_revocations).post(crate::cluster::add_revocation),
+        )
+        .route("/cluster", get(crate::cluster::status))
         .merge(crate::dashboard::feed_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -96,7 +110,8 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
-        "ready\n".into_response()
+        format!("ready\n{}", crate::cluster::readiness(state.cluster.state.as_ref()))
+            .into_response()
     }
 }
 
@@ -105,7 +120,8 @@ async fn posture(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = state.metrics.encode();
+    let mut body = state.metrics.encode();
+    crate::cluster::append_metrics(&mut body, state.cluster.state.as_ref());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }
@@ -115,7 +131,7 @@ async fn stats(State(state): State<AdminState>) -> Response {
 }
 
 async fn list_sessions(State(state): State<AdminState>) -> Response {
-    Json(state.sessions.list()).into_response()
+    crate::cluster::list_sessions(&state).await
 }
 
 async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
@@ -123,16 +139,17 @@ async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>)
     match found {
         Some(id) if state.sessions.revoke(&id) => {
             tracing::info!(endpoint = "admin", session = %id, "session revoked");
+            state.audit.record(|| audit::revoked(Some(id.as_str()), None, 1));
             (StatusCode::OK, Json(Revoked { revoked: 1 })).into_response()
         }
-        _ => (StatusCode::NOT_FOUND, "no such session\n").into_response(),
+        _ => crate::cluster::revoke_remote_session(&state, &id).await,
     }
 }
 
 async fn revoke_user(State(state): State<AdminState>, Path(user_id): Path<String>) -> Response {
     let n = state.sessions.revoke_user(&user_id);
-    tracing::info!(endpoint = "admin", user_id = %user_id, sessions = n, "user sessions revoked");
-    Json(Revoked { revoked: n }).into_response()
+    state.audit.record(|| audit::revoked(None, Some(&user_id), n));
+    crate::cluster::revoke_user(&state, &user_id, n).await
 }
 
 #[derive(Serialize)]
@@ -179,6 +196,8 @@ async fn add_ban(
     };
     let duration = req.secs.map(Duration::from_secs).unwrap_or(state.ban_duration);
     state.firewall.ban(req.ip, duration, Instant::now());
+    state.audit.record(|| audit::ban(req.ip, duration, "admin"));
+    state.cluster.ban(req.ip, duration);
     state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
     tracing::warn!(endpoint = "admin", client_ip = %req.ip, ban_secs = duration.as_secs(), "address banned by admin");
     (StatusCode::CREATED, Json(BanView { ip: req.ip, remaining_secs: duration.as_secs() }))
@@ -189,9 +208,11 @@ async fn lift_ban(State(state): State<AdminState>, Path(ip): Path<String>) -> Re
     let Ok(ip) = ip.parse::<IpAddr>() else {
         return (StatusCode::BAD_REQUEST, "not an IP address\n").into_response();
     };
-    if state.firewall.unban(ip) {
+    let known_to_cluster = state.cluster.state.unban(ip);
+    if state.firewall.unban(ip) || known_to_cluster {
         state.metrics.set_bans_active(state.firewall.bans(Instant::now()).len() as i64);
         tracing::info!(endpoint = "admin", client_ip = %ip, "ban lifted");
+        state.audit.record(|| palisade_audit::Event::Unban { ip, cause: "admin".into() });
         StatusCode::NO_CONTENT.into_response()
     } else {
         (StatusCode::NOT_FOUND, "no ban for that address\n").into_response()

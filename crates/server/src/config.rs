@@ -18,14 +18,50 @@ pub struct Config {
     pub secure: SecureConfig,
     /// The admin HTTP listener.
     pub admin: AdminConfig,
+    /// TLS (`wss://`) for the WebSocket endpoints and, with `admin.tls`, the admin listener.
+    pub tls: TlsSection,
     /// Token verification.
     pub auth: AuthConfig,
+    /// The `palisade.v1` subprotocol on the secure endpoint.
+    pub subprotocol: SubprotocolConfig,
     /// Limits and timeouts.
     pub limits: LimitsConfig,
     /// IP rules, rate limits, bans and origins.
     pub firewall: FirewallSection,
     /// Logging.
     pub log: LogSection,
+    /// The tamper-evident audit trail (docs/audit.md).
+    pub audit: AuditSection,
+    /// Several nodes sharing state through Redis (docs/cluster.md).
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: unset `redis_url` keeps everything in memory (one node).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `redis://host:6379/0` or `rediss://...`; may hold a password (never logged).
+    pub redis_url: Option<SecretString>,
+    /// This node's id in the cluster (default: host name plus a random suffix).
+    pub node_id: Option<String>,
+    /// Put before every Redis key and channel, so that deployments can share one Redis.
+    pub key_prefix: String,
+    /// The longest any Redis command may take, in milliseconds.
+    pub command_timeout_ms: u64,
+    /// Seconds between session heartbeats and cache syncs; entries live three heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> ClusterSection {
+        ClusterSection {
+            redis_url: None,
+            node_id: None,
+            key_prefix: "palisade:".into(),
+            command_timeout_ms: 250,
+            heartbeat_secs: 5,
+        }
+    }
 }
 
 /// `[echo]`
@@ -64,6 +100,18 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// File holding a bearer token required for every admin call except `/healthz`.
     pub token_file: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with the `[tls]` certificate.
+    pub tls: bool,
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain, the server's certificate first. With `key_file`, turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[auth]`
@@ -90,6 +138,10 @@ pub struct AuthConfig {
     pub typ: Option<String>,
     /// Longest token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Longest a `palisade.v1` session may last, refreshes included, in seconds (0: no cap).
+    pub max_session_secs: u64,
+    /// Seconds before a token's `exp` that a `palisade.v1` client is sent `expiring` (0: never).
+    pub expiry_warning_secs: u64,
     /// The HMAC secret itself, from `PALISADE_JWT_SECRET` (never from the file).
     #[serde(skip)]
     pub secret: Option<SecretString>,
@@ -167,6 +219,26 @@ pub struct LogSection {
     pub max_files: usize,
 }
 
+/// `[audit]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The audit trail, JSON lines (off when unset).
+    pub file: Option<PathBuf>,
+    /// Size at which the audit file rotates.
+    pub max_file_bytes: u64,
+    /// Rotated audit files kept (at least 1).
+    pub max_files: usize,
+    /// Records that may wait for the writer before they are counted as dropped.
+    pub queue: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> AuditSection {
+        AuditSection { file: None, max_file_bytes: 16 * 1024 * 1024, max_files: 10, queue: 4096 }
+    }
+}
+
 impl Default for EchoConfig {
     fn default() -> EchoConfig {
         EchoConfig {
@@ -190,7 +262,12 @@ impl Default for SecureConfig {
 
 impl Default for AdminConfig {
     fn default() -> AdminConfig {
-        AdminConfig { enabled: true, listen: ([127, 0, 0, 1], 9100).into(), token_file: None }
+        AdminConfig {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 9100).into(),
+            token_file: None,
+            tls: false,
+        }
     }
 }
 
@@ -207,6 +284,8 @@ impl Default for AuthConfig {
             audience: None,
             typ: None,
             max_token_bytes: 8 * 1024,
+            max_session_secs: 24 * 3600,
+            expiry_warning_secs: 60,
             secret: None,
         }
     }
@@ -260,8 +339,25 @@ impl Default for LogSection {
     }
 }
 
+/// `[subprotocol]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubprotocolConfig {
+    /// Select `palisade.v1` on the secure endpoint when a client offers it.
+    pub enabled: bool,
+    /// The bad envelope (of one connection) at which it is closed with 1008.
+    pub close_after_bad_envelopes: u32,
+}
+
+impl Default for SubprotocolConfig {
+    fn default() -> SubprotocolConfig {
+        SubprotocolConfig { enabled: true, close_after_bad_envelopes: 3 }
+    }
+}
+
 /// A secret that never prints: `Debug` shows `***`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct SecretString(pub String);
 
 impl std::fmt::Debug for SecretString {
@@ -278,6 +374,8 @@ pub mod env {
     pub const LOG_LEVEL: &str = "PALISADE_LOG_LEVEL";
     /// Error-log folder; wins over `log.dir`.
     pub const LOG_DIR: &str = "PALISADE_LOG_DIR";
+    /// The Redis URL (it may hold a password); wins over `cluster.redis_url`.
+    pub const REDIS_URL: &str = "PALISADE_REDIS_URL";
 }
 
 impl Config {
@@ -303,6 +401,7 @@ impl Config {
                 env::JWT_SECRET => self.auth.secret = Some(SecretString(v)),
                 env::LOG_LEVEL => self.log.level = v,
                 env::LOG_DIR => self.log.dir = PathBuf::from(v),
+                env::REDIS_URL => self.cluster.redis_url = Some(SecretString(v)),
                 _ => {}
             }
         }
@@ -342,11 +441,28 @@ impl Config {
             );
         }
         positive("auth.max_token_bytes", self.auth.max_token_bytes as u64)?;
+        positive(
+            "subprotocol.close_after_bad_envelopes",
+            u64::from(self.subprotocol.close_after_bad_envelopes),
+        )?;
         match self.log.format.as_str() {
             "text" | "json" => {}
             other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),
         }
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
+        crate::cluster::validate(&self.cluster)?;
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), None) => {
+                bail!("tls.cert_file is set but tls.key_file is not: set both, or neither")
+            }
+            (None, Some(_)) => {
+                bail!("tls.key_file is set but tls.cert_file is not: set both, or neither")
+            }
+            _ => {}
+        }
+        if self.admin.enabled && self.admin.tls && self.tls_paths().is_none() {
+            bail!("admin.tls = true needs tls.cert_file and tls.key_file");
+        }
         if self.admin.enabled
             && !self.admin.listen.ip().is_loopback()
             && self.admin.token_file.is_none()
@@ -358,12 +474,25 @@ impl Config {
                 self.admin.listen
             );
         }
+        positive("audit.max_file_bytes", self.audit.max_file_bytes)?;
+        positive("audit.max_files", self.audit.max_files as u64)?;
+        positive("audit.queue", self.audit.queue as u64)?;
         Ok(())
     }
 
-    /// True when the WebSocket listeners serve TLS.
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_paths(&self) -> Option<crate::tls::CertPaths> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::CertPaths { cert_file: cert.clone(), key_file: key.clone() })
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the WebSocket listeners serve TLS (`tls.cert_file` and `tls.key_file` set).
     pub fn tls_enabled(&self) -> bool {
-        false
+        self.tls_paths().is_some()
     }
 
     /// The transport's limits from this configuration.

@@ -18,7 +18,10 @@ use palisade_transport::{
 };
 
 use crate::app::{Handler, Peer};
+use crate::audit::{self, Audit};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
+
+pub(crate) mod v1;
 
 /// The seed's replies on the secure endpoint.
 pub mod replies {
@@ -39,11 +42,16 @@ pub(crate) struct State<H> {
     pub(crate) metrics: Metrics,
     pub(crate) echo_prefix: Arc<str>,
     pub(crate) auth_timeout: Duration,
+    /// The audit trail (off unless `audit.file` is set).
+    pub(crate) audit: Audit,
+    pub(crate) cluster: crate::cluster::Link,
     /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
     noisy_log: DefaultDirectRateLimiter,
 }
 
 impl<H> State<H> {
+    // One call site (server.rs); each argument is a distinct piece of shared state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         app: Arc<H>,
         codec: Option<TokenCodec>,
@@ -52,6 +60,7 @@ impl<H> State<H> {
         metrics: Metrics,
         echo_prefix: &str,
         auth_timeout: Duration,
+        cluster: crate::cluster::Link,
     ) -> State<H> {
         let per_sec = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
         State {
@@ -62,6 +71,8 @@ impl<H> State<H> {
             metrics,
             echo_prefix: echo_prefix.into(),
             auth_timeout,
+            audit: Audit::default(),
+            cluster,
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
     }
@@ -92,6 +103,8 @@ pub(crate) struct WsEndpoint<H> {
     pub(crate) kind: Kind,
     pub(crate) state: Arc<State<H>>,
     pub(crate) metrics: EndpointMetrics,
+    /// The `palisade.v1` subprotocol's settings (secure endpoint); `None` when it is off.
+    pub(crate) v1: Option<v1::Settings>,
 }
 
 impl<H: Handler> Endpoint for WsEndpoint<H> {
@@ -167,7 +180,16 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 Kind::Echo => Auth::Open,
                 Kind::Secure => Auth::Waiting,
             },
+            v1: None,
         };
+        let mut accept = Accept::default();
+        if self.kind == Kind::Secure
+            && v1::offered(req)
+            && let Some(settings) = &self.v1
+        {
+            accept.subprotocol = Some(v1::PROTOCOL.into());
+            conn.v1 = Some(v1::V1::new(settings.clone()));
+        }
         if self.kind == Kind::Secure {
             let bearer = header("authorization").and_then(crate::admin::bearer_token);
             if let Some(token) = bearer {
@@ -180,7 +202,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 }
             }
         }
-        Ok((Accept::default(), conn))
+        Ok((accept, conn))
     }
 
     fn handshake_failed(&self, info: &ConnInfo, error: &HandshakeError) {
@@ -206,6 +228,7 @@ impl<H> WsEndpoint<H> {
     fn refused(&self, peer: SocketAddr, client_ip: IpAddr, reason: DenyReason) {
         let endpoint = self.kind.name();
         self.state.metrics.handshake_refused(endpoint, reason.as_str());
+        self.state.audit.refused(client_ip, reason.as_str());
         if self.state.may_log_noisy() {
             tracing::warn!(peer = %peer, client_ip = %client_ip, endpoint, kind = reason.as_str(), "connection refused");
         }
@@ -232,6 +255,8 @@ pub(crate) struct Conn<H> {
     limiter: MessageLimiter,
     peer: Peer,
     auth: Auth,
+    /// The `palisade.v1` state when the client negotiated it; `None` speaks the guide's text.
+    v1: Option<v1::V1>,
 }
 
 impl<H: Handler> Conn<H> {
@@ -243,16 +268,22 @@ impl<H: Handler> Conn<H> {
         match &result {
             Ok(claims) => {
                 self.state.metrics.auth(endpoint, "ok");
+                self.state.audit.record(|| audit::auth_ok(&self.peer, claims, fp));
                 tracing::info!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, user_id = %claims.user_id, token = %fp, "authenticated");
             }
             Err(e) => {
                 let outcome = if e.is_expired() { "expired" } else { "invalid" };
                 self.state.metrics.auth(endpoint, outcome);
+                self.state.audit.record(|| audit::auth_failed(&self.peer, e.kind(), Some(fp)));
                 tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint, kind = e.kind(), token = %fp, error = %e, "authentication failed");
                 if let Some(ban) =
                     self.state.firewall.record_auth_failure(self.peer.client_ip, Instant::now())
                 {
+                    self.state
+                        .audit
+                        .record(|| audit::ban(self.peer.client_ip, ban, "auth_failures"));
                     tracing::warn!(client_ip = %self.peer.client_ip, ban_secs = ban.as_secs(), "address banned after repeated authentication failures");
+                    self.state.cluster.ban(self.peer.client_ip, ban);
                 }
             }
         }
@@ -260,7 +291,13 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Starts the session: registry, deadline at token expiry, `Authenticated!`.
-    fn start_session(&mut self, claims: Claims, ctx: &mut Context) -> Result<(), Close> {
+    async fn start_session(&mut self, claims: Claims, ctx: &mut Context) -> Result<(), Close> {
+        if self.state.cluster.is_revoked(&claims) {
+            self.state.metrics.auth(self.kind.name(), "revoked");
+            tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %claims.user_id, kind = "token_revoked", "authentication refused: the token has been revoked");
+            ctx.send(Message::Text(replies::INVALID_TOKEN.into()))?;
+            return Err(Close::policy("token revoked"));
+        }
         let leeway = self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0);
         let expires_at = claims.exp.map(|e| e.saturating_add(leeway));
         let info = SessionInfo {
@@ -276,11 +313,21 @@ impl<H: Handler> Conn<H> {
             tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", error = %e, "session refused");
             return Err(Close::policy("too many sessions for this user"));
         }
+        if let Err(max) = self.state.cluster.open(&info, &claims).await {
+            self.state.sessions.unregister(&info.id);
+            tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", max, "session refused: the user's sessions on all nodes reach the cap");
+            return Err(Close::policy("too many sessions for this user"));
+        }
         self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
-        ctx.set_deadline(expires_at.map(deadline_for));
-        ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
         self.auth = Auth::Session { id: info.id.clone(), expires_at };
+        if self.v1.is_some() {
+            self.v1_session_started(&info, ctx)?;
+        } else {
+            ctx.set_deadline(expires_at.map(deadline_for));
+            ctx.send(Message::Text(replies::AUTHENTICATED.into()))?;
+        }
         self.state.app.on_session_start(&info, &self.state.sessions);
+        self.state.audit.record(|| audit::session_start(&info, self.peer.client_ip));
         self.peer.session = Some(info);
         Ok(())
     }
@@ -344,7 +391,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
     async fn on_open(&mut self, ctx: &mut Context) -> Result<(), Close> {
         self.metrics.connection_opened();
         match std::mem::replace(&mut self.auth, Auth::Open) {
-            Auth::FromHeader(claims) => self.start_session(claims, ctx),
+            Auth::FromHeader(claims) => self.start_session(claims, ctx).await,
             Auth::Waiting => {
                 self.auth = Auth::Waiting;
                 ctx.set_deadline(Some(Instant::now() + self.state.auth_timeout));
@@ -362,14 +409,22 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         if !self.limiter.check(Instant::now()).is_allow() {
             return Err(Close::policy("rate limit exceeded"));
         }
-        match &self.auth {
+        // In `palisade.v1` mode only the `data` of a message envelope reaches the application.
+        let (msg, v1_mark) = match self.v1.is_some() {
+            false => (msg, None),
+            true => match self.v1_message(msg, ctx).await? {
+                Some(data) => (data, Some(ctx.queued())),
+                None => return Ok(()),
+            },
+        };
+        let result = match &self.auth {
             Auth::Waiting => {
                 let token = match &msg {
                     Message::Text(t) => t.trim(),
                     Message::Binary(_) => "",
                 };
                 match self.verify(token) {
-                    Ok(claims) => self.start_session(claims, ctx),
+                    Ok(claims) => self.start_session(claims, ctx).await,
                     Err(e) if e.is_expired() => {
                         ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
                         Err(Close::policy("token expired"))
@@ -388,13 +443,21 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 result
             }
             Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
+        };
+        if let Some(mark) = v1_mark {
+            ctx.map_queued(mark, v1::wrap_reply);
         }
+        result
     }
 
     async fn on_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        if self.v1.is_some() && matches!(self.auth, Auth::Session { .. }) {
+            return self.v1_session_deadline(ctx);
+        }
         match &self.auth {
             Auth::Waiting => {
                 self.state.metrics.auth(self.kind.name(), "timeout");
+                self.state.audit.record(|| audit::auth_failed(&self.peer, "timeout", None));
                 Err(Close::policy("authentication timeout"))
             }
             Auth::Session { expires_at: Some(at), .. } => {
@@ -410,6 +473,17 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         }
     }
 
+    fn on_push(&mut self, msg: Message) -> Message {
+        match &self.v1 {
+            Some(_) => v1::wrap_reply(msg),
+            None => msg,
+        }
+    }
+
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        self.v1.as_mut().map(|v1| v1.closing(close))
+    }
+
     fn on_sent(&mut self, messages: usize, bytes: usize) {
         for _ in 0..messages.saturating_sub(1) {
             self.metrics.message_out(0);
@@ -422,8 +496,10 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         self.log_outcome(outcome);
         if let Auth::Session { id, .. } = &self.auth {
             self.state.sessions.unregister(id);
+            self.state.cluster.close(id);
             self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
             if let Some(info) = &self.peer.session {
+                self.state.audit.record(|| audit::session_end(info, outcome));
                 self.state.app.on_session_end(info, &self.state.sessions);
             }
         }

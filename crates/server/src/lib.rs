@@ -5,6 +5,8 @@
 //! - [`server::Server`]: binds and runs everything; [`server::Server::shutdown`] closes with 1001.
 //! - [`app::Handler`]: your logic for data messages; [`app::Echo`] is the default.
 //! - [`sessions::SessionRegistry`]: authenticated sessions; push to users, revoke sessions.
+//! - [`tls::CertStore`]: the TLS certificate, reloaded with [`server::Server::reload_tls`].
+//! - [`audit`]: the tamper-evident audit trail (`[audit]`) and `palisade audit verify | tail`.
 //!
 //! Logic that belongs to a leaf crate (token checks, firewall decisions, counting, framing)
 //! lives there; this crate wires them together and decides what to log.
@@ -23,12 +25,15 @@
 //! ```
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod posture;
 pub mod server;
 pub mod sessions;
+pub mod tls;
 
 mod admin;
+mod cluster;
 mod dashboard;
 mod endpoints;
 

@@ -1,4 +1,5 @@
-//! The `palisade` binary: run the server, or mint a token for testing.
+//! The `palisade` binary: run the server (SIGHUP reloads the TLS certificate), check the
+//! configuration, or mint a token for testing.
 
 #![allow(clippy::print_stdout)] // The binary talks to a person (and to tests) on stdout.
 
@@ -46,10 +47,29 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Write a development CA and a `localhost` certificate signed by it (for `cargo xtask run
+    /// --tls`; never for production).
+    #[command(hide = true)]
+    DevCert {
+        /// Folder for `ca.pem`, `ca-key.pem`, `cert.pem` and `key.pem`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Issue a new server certificate even if the current one is still good.
+        #[arg(long)]
+        renew: bool,
+    },
+    /// Check or read the audit trail (docs/audit.md); needs no configuration.
+    Audit {
+        #[command(subcommand)]
+        command: palisade_server::audit::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit { command }) = &cli.command {
+        return palisade_server::audit::run(command);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -70,6 +90,19 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::DevCert { out, renew }) = &cli.command {
+        let certs = palisade_server::tls::dev_cert::ensure(out, *renew)?;
+        if certs.new_ca {
+            println!("palisade: new development CA in {}", certs.ca_file.display());
+        }
+        if certs.issued {
+            println!("palisade: new localhost certificate in {}", certs.cert_file.display());
+        }
+        println!("ca_file = {}", certs.ca_file.display());
+        println!("cert_file = {}", certs.cert_file.display());
+        println!("key_file = {}", certs.key_file.display());
+        return Ok(());
+    }
     let config = load_config(cli.config.as_ref())?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(config),
@@ -85,6 +118,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("configuration ok ({} posture finding(s))", findings.len());
             Ok(())
         }
+        Command::DevCert { .. } => Ok(()),
+        // Run by `main` before any configuration is loaded.
+        Command::Audit { .. } => Ok(()),
         Command::Token { user_id, ttl, email } => {
             let ttl = parse_ttl(&ttl)?;
             let token = palisade_server::server::mint(&config, &user_id, ttl, email.as_deref())?;
@@ -121,20 +157,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
     .context("cannot set up logging (log.dir, log.level)")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        // Listen for signals before printing the addresses: whoever reads them (a supervisor,
+        // a test) may send SIGTERM at once.
+        let signals = Signals::listen()?;
         let server = Server::start(&config, Echo).await?;
+        let ws = if server.tls_enabled() { "wss" } else { "ws" };
         for (name, addr) in [("echo", server.echo_addr), ("secure", server.secure_addr)] {
             if let Some(a) = addr {
-                println!("palisade: {name} listening on ws://{a}/");
+                println!("palisade: {name} listening on {ws}://{a}/");
             }
         }
         if let Some(a) = server.admin_addr {
-            println!("palisade: admin listening on http://{a}/");
+            let http = if server.tls_enabled() && config.admin.tls { "https" } else { "http" };
+            println!("palisade: admin listening on {http}://{a}/");
         }
         if let Some(p) = log.error_log_path() {
             println!("palisade: errors are logged to {}", p.display());
         }
         tracing::info!("palisade started");
-        wait_for_signal().await?;
+        signals.wait(&server).await;
         tracing::info!("shutting down: closing connections with 1001");
         let drained = server.shutdown().await;
         if !drained {
@@ -147,13 +188,49 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM, SIGINT and SIGHUP, listened for from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        let hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        Ok(Signals { term, int, hup })
     }
-    Ok(())
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP reloads the TLS certificate and waits on.
+    async fn wait(mut self, server: &Server) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => reload_tls(server),
+            }
+        }
+    }
+}
+
+fn reload_tls(server: &Server) {
+    match server.reload_tls() {
+        Ok(Some(info)) => {
+            tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, "tls certificate reloaded; new connections use it");
+            if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
+                tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
+            }
+        }
+        Ok(None) => tracing::info!("SIGHUP: tls is off, nothing to reload"),
+        Err(e) => {
+            tracing::error!(
+                kind = "tls_reload",
+                error = format!("{e:#}"),
+                "tls reload failed; the current certificate stays in use"
+            );
+        }
+    }
 }

@@ -14,10 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::Handler;
+use crate::audit::Audit;
 use crate::config::Config;
-use crate::endpoints::{Kind, State, WsEndpoint};
+use crate::endpoints::{Kind, State, WsEndpoint, v1};
 use crate::sessions::SessionRegistry;
-use crate::{admin, config};
+use crate::tls::listener::TlsListener;
+use crate::tls::{CertInfo, CertStore};
+use crate::{admin, config, tls};
 
 /// A running server: its bound addresses and the handles to stop it.
 pub struct Server {
@@ -33,6 +36,10 @@ pub struct Server {
     pub firewall: Firewall,
     /// Traffic counters.
     pub metrics: Metrics,
+    tls: Option<Arc<CertStore>>,
+    audit: Audit,
+    /// State shared with the other nodes (in memory when `cluster.redis_url` is unset).
+    pub cluster: Arc<dyn palisade_cluster::SharedState>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -61,7 +68,9 @@ impl Server {
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
-        let state = Arc::new(State::new(
+        let audit = Audit::open(&config.audit)?;
+        let (cluster, cluster_events) = crate::cluster::start(config).await?;
+        let state = State::new(
             Arc::new(app),
             codec,
             sessions.clone(),
@@ -69,10 +78,27 @@ impl Server {
             metrics.clone(),
             &config.echo.prefix,
             Duration::from_secs(config.secure.auth_timeout_secs),
-        ));
-        let transport = Arc::new(config.transport());
+            cluster.clone(),
+        );
+        let state = Arc::new(state.with_audit(audit.clone()));
+        let cert_store = match config.tls_paths() {
+            Some(paths) => Some(load_tls(paths)?),
+            None => None,
+        };
+        let tls_config = cert_store.clone().map(tls::server_config).transpose()?;
+        let mut transport = config.transport();
+        transport.tls = tls_config.clone();
+        let transport = Arc::new(transport);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        crate::cluster::spawn_events(
+            cluster_events,
+            sessions.clone(),
+            firewall.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
 
         let mut addrs = [None, None];
         for (slot, (kind, enabled, listen)) in addrs.iter_mut().zip([
@@ -88,6 +114,7 @@ impl Server {
                 kind,
                 state: state.clone(),
                 metrics: metrics.endpoint(kind.name()),
+                v1: v1::Settings::from_config(config),
             });
             let serve = palisade_transport::serve(
                 listener,
@@ -127,8 +154,20 @@ impl Server {
                 ban_duration: Duration::from_secs(config.firewall.ban_secs),
                 posture: Arc::new(crate::posture::findings(config)),
                 shutdown: shutdown.clone(),
+                audit: audit.clone(),
+                cluster: cluster.clone(),
             };
-            tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+            match tls_config.clone().filter(|_| config.admin.tls) {
+                Some(tls) => {
+                    let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
+                    let listener =
+                        TlsListener::new(listener, tls, timeout, shutdown.clone(), &tracker)?;
+                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                }
+                None => {
+                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                }
+            }
             Some(addr)
         } else {
             None
@@ -158,6 +197,9 @@ impl Server {
             sessions,
             firewall,
             metrics,
+            tls: cert_store,
+            audit,
+            cluster: cluster.state,
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
@@ -169,7 +211,29 @@ impl Server {
     pub async fn shutdown(self) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
+        self.cluster.shutdown().await;
+        // After the sessions have ended, so their records are in; logs the final head.
+        self.audit.close();
+        drained
+    }
+
+    /// True when the endpoints speak TLS (`wss://`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (on SIGHUP). New handshakes get the new
+    /// certificate; open connections are not touched. On error the current certificate stays
+    /// in use. `Ok(None)` when TLS is off.
+    pub fn reload_tls(&self) -> anyhow::Result<Option<CertInfo>> {
+        let Some(store) = &self.tls else { return Ok(None) };
+        store.reload().map(Some)
+    }
+
+    /// The certificate being served, when TLS is on.
+    pub fn tls_certificate(&self) -> Option<CertInfo> {
+        self.tls.as_ref().map(|s| s.info())
     }
 
     /// A token that is cancelled when shutdown begins.
@@ -182,6 +246,18 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} ({key}): is another process using it? choose another port in the config")
     })
+}
+
+/// Loads the certificate and key (errors name the file), logs what is served and warns about
+/// validity.
+fn load_tls(paths: tls::CertPaths) -> anyhow::Result<Arc<CertStore>> {
+    let store = CertStore::load(paths)?;
+    let info = store.info();
+    tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, chain = info.chain_len, "tls enabled");
+    if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
+        tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
+    }
+    Ok(Arc::new(store))
 }
 
 /// Reads a secret file; trailing newlines and spaces are not part of the secret.
@@ -275,6 +351,9 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         token_codec(&config.auth)?;
     }
     Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+    if let Some(paths) = config.tls_paths() {
+        CertStore::load(paths)?;
+    }
     Ok(())
 }
 

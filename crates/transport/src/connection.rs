@@ -42,6 +42,21 @@ pub trait Handler: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Called for each message pushed through a [`ConnHandle`], before it is queued; returns
+    /// the message to send (e.g. wrapped in a subprotocol's envelope). The default keeps it.
+    fn on_push(&mut self, msg: Message) -> Message {
+        msg
+    }
+
+    /// Called just before the server sends a close frame, whoever decided the close (the
+    /// handler, a [`ConnHandle`], shutdown, a limit or a protocol error); a message returned here
+    /// is written right before the close frame (e.g. an error envelope that says why). It may be
+    /// called for a close that then cannot be written. The default sends nothing.
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        let _ = close;
+        None
+    }
+
     /// Called after data messages were written to the socket (for traffic counters).
     fn on_sent(&mut self, messages: usize, bytes: usize) {
         let _ = (messages, bytes);
@@ -81,6 +96,20 @@ impl Context {
     /// Sets (or clears) the one deadline of this connection; [`Handler::on_deadline`] runs then.
     pub fn set_deadline(&mut self, at: Option<std::time::Instant>) {
         self.deadline = at.map(Instant::from_std);
+    }
+
+    /// How many messages are queued and not yet written; a mark for [`Context::map_queued`].
+    pub fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Rewrites the queued messages from position `from` (a [`Context::queued`] mark) on, e.g.
+    /// to wrap the replies an application queued in a subprotocol's envelope.
+    pub fn map_queued(&mut self, from: usize, mut f: impl FnMut(Message) -> Message) {
+        for slot in self.pending.iter_mut().skip(from) {
+            let msg = std::mem::replace(slot, Message::Binary(Vec::new()));
+            *slot = f(msg);
+        }
     }
 
     /// A handle other tasks can use to push messages to this connection or close it.
@@ -197,12 +226,14 @@ where
             biased;
             _ = shutdown.cancelled() => {
                 let close = Close::new(close_code::GOING_AWAY, "server shutting down");
-                return close_as_server(ws, close, cfg).await;
+                let prelude = handler.on_closing(&close);
+                return close_as_server(ws, close, prelude, cfg).await;
             }
             _ = shared.notify.notified() => {
                 let requested = shared.close.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(close) = requested {
-                    return close_as_server(ws, close, cfg).await;
+                    let prelude = handler.on_closing(&close);
+                    return close_as_server(ws, close, prelude, cfg).await;
                 }
             }
             item = ws.next() => {
@@ -210,7 +241,7 @@ where
                     None => return Outcome::PeerClosed { code: None, reason: String::new() },
                     Some(Err(e)) => match ConnError::from_ws(e) {
                         None => return Outcome::PeerClosed { code: None, reason: String::new() },
-                        Some(err) => return fail(ws, err, cfg).await,
+                        Some(err) => return fail(ws, err, |c| handler.on_closing(c), cfg).await,
                     },
                     Some(Ok(msg)) => msg,
                 };
@@ -224,9 +255,9 @@ where
                             Ok(Ok(())) => continue,
                             Ok(Err(e)) => match ConnError::from_ws(e) {
                                 None => return Outcome::PeerClosed { code: None, reason: String::new() },
-                                Some(err) => return fail(ws, err, cfg).await,
+                                Some(err) => return fail(ws, err, |c| handler.on_closing(c), cfg).await,
                             },
-                            Err(_) => return fail(ws, ConnError::SlowConsumer("write timed out"), cfg).await,
+                            Err(_) => return fail(ws, ConnError::SlowConsumer("write timed out"), |c| handler.on_closing(c), cfg).await,
                         }
                     }
                     WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
@@ -248,10 +279,10 @@ where
                 }
             }
             Some(msg) = rx.recv() => {
-                ctx.pending.push_back(msg);
+                ctx.pending.push_back(handler.on_push(msg));
                 while ctx.pending.len() < ctx.limit {
                     match rx.try_recv() {
-                        Ok(m) => ctx.pending.push_back(m),
+                        Ok(m) => ctx.pending.push_back(handler.on_push(m)),
                         Err(_) => break,
                     }
                 }
@@ -266,7 +297,7 @@ where
                 }
             }
             _ = sleep_until(idle_at) => {
-                return fail(ws, ConnError::IdleTimeout, cfg).await;
+                return fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg).await;
             }
             _ = sleep_until(deadline), if ctx.deadline.is_some() => {
                 ctx.deadline = None;
@@ -302,7 +333,10 @@ where
     }
     match step {
         Ok(()) => None,
-        Err(close) => Some(close_as_server(ws, close, cfg).await),
+        Err(close) => {
+            let prelude = handler.on_closing(&close);
+            Some(close_as_server(ws, close, prelude, cfg).await)
+        }
     }
 }
 
@@ -333,7 +367,7 @@ where
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => match ConnError::from_ws(e) {
             None => Err(Outcome::PeerClosed { code: None, reason: String::new() }),
-            Some(err) => Err(fail(ws, err, cfg).await),
+            Some(err) => Err(fail(ws, err, |_| None, cfg).await),
         },
         Err(_) => {
             Err(Outcome::Failed { error: ConnError::SlowConsumer("write timed out"), close: None })
@@ -341,21 +375,28 @@ where
     }
 }
 
-/// Sends our close frame and waits (bounded) for the peer's.
+/// Sends `prelude` (if any) and our close frame, and waits (bounded) for the peer's.
 async fn close_as_server<S>(
     ws: &mut WebSocketStream<S>,
     close: Close,
+    prelude: Option<Message>,
     cfg: &TransportConfig,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    send_close(ws, &close, cfg).await;
+    send_close(ws, &close, prelude, cfg).await;
     Outcome::ServerClosed(close)
 }
 
-/// Ends a failed connection: tells the client why where the socket can still be written.
-async fn fail<S>(ws: &mut WebSocketStream<S>, error: ConnError, cfg: &TransportConfig) -> Outcome
+/// Ends a failed connection: tells the client why where the socket can still be written, after
+/// the message `prelude` returns for that close (if any).
+async fn fail<S>(
+    ws: &mut WebSocketStream<S>,
+    error: ConnError,
+    prelude: impl FnOnce(&Close) -> Option<Message>,
+    cfg: &TransportConfig,
+) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -365,13 +406,19 @@ where
     );
     if writable {
         let close = error.close();
-        let sent = send_close(ws, &close, cfg).await;
+        let before = prelude(&close);
+        let sent = send_close(ws, &close, before, cfg).await;
         return Outcome::Failed { error, close: sent.then_some(close) };
     }
     Outcome::Failed { error, close: None }
 }
 
-async fn send_close<S>(ws: &mut WebSocketStream<S>, close: &Close, cfg: &TransportConfig) -> bool
+async fn send_close<S>(
+    ws: &mut WebSocketStream<S>,
+    close: &Close,
+    prelude: Option<Message>,
+    cfg: &TransportConfig,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -379,7 +426,13 @@ where
         code: CloseCode::from(close.code),
         reason: truncate(&close.reason, 123).into(),
     };
-    let sent = matches!(timeout(cfg.close_timeout, ws.close(Some(frame))).await, Ok(Ok(())));
+    let closing = async {
+        if let Some(msg) = prelude {
+            ws.feed(to_ws(msg)).await?;
+        }
+        ws.close(Some(frame)).await
+    };
+    let sent = matches!(timeout(cfg.close_timeout, closing).await, Ok(Ok(())));
     if sent {
         // Wait briefly for the client's close frame so it sees an orderly end.
         let _ =

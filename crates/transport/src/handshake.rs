@@ -68,6 +68,10 @@ pub enum HandshakeError {
     /// The server refused the connection before reading it (e.g. over capacity).
     #[error("refused at admission with http {}", .0.status.as_u16())]
     NotAdmitted(Rejection),
+    /// The TLS handshake failed: plain text on a TLS port, no common protocol version or
+    /// cipher suite, a client that does not trust the certificate, a corrupt record.
+    #[error("tls handshake failed: {0}")]
+    Tls(String),
     /// Reading or writing the socket failed.
     #[error("i/o error during the handshake")]
     Io(#[from] std::io::Error),
@@ -84,6 +88,7 @@ impl HandshakeError {
             HandshakeError::NotWebSocket(_) => "not_websocket",
             HandshakeError::Refused(_) => "refused",
             HandshakeError::NotAdmitted(_) => "not_admitted",
+            HandshakeError::Tls(_) => "tls",
             HandshakeError::Io(_) => "io",
         }
     }
@@ -263,6 +268,9 @@ pub(crate) fn rejection_for(err: &HandshakeError) -> Option<Rejection> {
             Some(r)
         }
         HandshakeError::Refused(r) | HandshakeError::NotAdmitted(r) => Some(r.clone()),
-        HandshakeError::Timeout | HandshakeError::PeerVanished | HandshakeError::Io(_) => None,
+        HandshakeError::Timeout
+        | HandshakeError::PeerVanished
+        | HandshakeError::Tls(_)
+        | HandshakeError::Io(_) => None,
     }
 }

@@ -1,6 +1,7 @@
-//! The WebSocket layer of Palisade: accept TCP connections, run the HTTP upgrade through a hook
-//! that may refuse it, then drive each connection in its own task with size limits, keepalive,
-//! an idle timeout, a bounded outbound queue and a close code for every way a connection ends.
+//! The WebSocket layer of Palisade: accept TCP connections, optionally run a TLS handshake
+//! (rustls, see [`TransportConfig::tls`]), run the HTTP upgrade through a hook that may refuse
+//! it, then drive each connection in its own task with size limits, keepalive, an idle timeout,
+//! a bounded outbound queue and a close code for every way a connection ends.
 //!
 //! The main pieces:
 //!
@@ -62,8 +63,10 @@ mod error;
 pub mod fuzzing;
 mod handshake;
 mod listener;
+mod tls;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use connection::{ConnHandle, Context, Handler, SendError};
@@ -114,6 +117,11 @@ pub struct TransportConfig {
     pub write_timeout: Duration,
     /// Time to wait for the peer's close frame after sending ours.
     pub close_timeout: Duration,
+    /// TLS (`wss://`): when set, every admitted connection does a TLS handshake with this rustls
+    /// configuration before the upgrade, within `handshake_timeout`. The caller builds it (and
+    /// can swap certificates through a `rustls::server::ResolvesServerCert`); this crate reads
+    /// no files.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl TransportConfig {
@@ -130,6 +138,7 @@ impl TransportConfig {
             outbound_queue: 256,
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }

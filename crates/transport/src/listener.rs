@@ -1,5 +1,6 @@
-//! The accept loop: one task per connection, admission before any read, the upgrade under a
-//! timeout, then the connection loop; graceful shutdown through a cancellation token.
+//! The accept loop: one task per connection, admission before any read (and before any TLS
+//! work), the optional TLS handshake and the upgrade under one timeout, then the connection
+//! loop; graceful shutdown through a cancellation token.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,14 +10,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::handshake::{self, Accept, HandshakeError, HandshakeRequest, Rejection};
-use crate::{Handler, TransportConfig, connection};
+use crate::{Handler, TransportConfig, connection, tls};
 
 /// A process-wide unique connection id, shown as `c42` in logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,6 +126,12 @@ async fn connection<E: Endpoint>(
     let admission = match endpoint.admit(info.peer) {
         Ok(a) => a,
         Err(Refusal::Drop) => return,
+        Err(Refusal::Http(rejection)) if config.tls.is_some() => {
+            // On a TLS port an HTTP answer costs a TLS handshake: spend no crypto on a client
+            // that is being turned away (e.g. over capacity), just close.
+            endpoint.handshake_failed(&info, &HandshakeError::NotAdmitted(rejection));
+            return;
+        }
         Err(Refusal::Http(rejection)) => {
             // Answer politely but cheaply: a bounded read, then the error.
             let _ = timeout(config.handshake_timeout.min(Duration::from_secs(2)), async {
@@ -136,9 +143,33 @@ async fn connection<E: Endpoint>(
             return;
         }
     };
+    // One deadline covers the TLS handshake (when there is one) and the upgrade.
+    let deadline = Instant::now() + config.handshake_timeout;
+    let Some(tls) = config.tls.clone() else {
+        return established(stream, deadline, info, admission, endpoint, config, shutdown).await;
+    };
+    let secured = timeout_at(deadline, tls::accept(stream, tls, config.max_request_head_bytes));
+    match secured.await {
+        Ok(Ok(stream)) => {
+            established(stream, deadline, info, admission, endpoint, config, shutdown).await
+        }
+        Ok(Err(e)) => endpoint.handshake_failed(&info, &e),
+        Err(_) => endpoint.handshake_failed(&info, &HandshakeError::Timeout),
+    }
+}
+
+/// The upgrade (by `deadline`) and then the connection loop, over plain TCP or TLS.
+async fn established<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    deadline: Instant,
+    info: ConnInfo,
+    admission: E::Admission,
+    endpoint: Arc<E>,
+    config: Arc<TransportConfig>,
+    shutdown: CancellationToken,
+) {
     let upgraded =
-        timeout(config.handshake_timeout, upgrade(stream, &info, &admission, &*endpoint, &config))
-            .await;
+        timeout_at(deadline, upgrade(stream, &info, &admission, &*endpoint, &config)).await;
     let (ws, handler) = match upgraded {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return endpoint.handshake_failed(&info, &e),

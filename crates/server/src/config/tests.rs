@@ -62,3 +62,62 @@ fn env_overrides_log_level() {
     c.apply_env([("PALISADE_LOG_LEVEL".to_string(), "debug".to_string())]);
     assert_eq!(c.log.level, "debug");
 }
+
+#[test]
+fn tls_needs_both_files() {
+    check_err("[tls]\ncert_file = \"c.pem\"\n", "tls.key_file is not");
+    check_err("[tls]\nkey_file = \"k.pem\"\n", "tls.cert_file is not");
+}
+
+#[test]
+fn admin_tls_needs_a_certificate() {
+    check_err("[admin]\ntls = true\n", "admin.tls = true needs tls.cert_file");
+}
+
+#[test]
+fn audit_is_off_by_default_and_its_zero_sizes_are_refused() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.audit.file, None);
+    let c = Config::from_toml("[audit]\nfile = \"audit.log\"\nmax_files = 3\n").unwrap();
+    assert_eq!(c.audit.file.as_deref(), Some(std::path::Path::new("audit.log")));
+    assert_eq!((c.audit.max_files, c.audit.queue), (3, 4096));
+    check_err("[audit]\nqueue = 0\n", "audit.queue must be greater than 0");
+    check_err("[audit]\nmax_files = 0\n", "audit.max_files must be greater than 0");
+    check_err("[audit]\nmax_file_bytes = 0\n", "audit.max_file_bytes must be greater than 0");
+    check_err("[audit]\nfiles = \"x\"\n", "files");
+}
+
+#[test]
+fn cluster_defaults_to_memory() {
+    let c = Config::from_toml("").unwrap();
+    assert!(c.cluster.redis_url.is_none());
+    assert_eq!(c.cluster.key_prefix, "palisade:");
+    assert_eq!(c.cluster.command_timeout_ms, 250);
+    assert_eq!(c.cluster.heartbeat_secs, 5);
+}
+
+#[test]
+fn cluster_keys_are_checked_by_name() {
+    check_err("[cluster]\nredis_url = \"http://127.0.0.1/\"\n", "cluster.redis_url");
+    check_err(
+        "[cluster]\nredis_url = \"redis://127.0.0.1/0\"\nnode_id = \"a b\"\n",
+        "cluster.node_id",
+    );
+    check_err(
+        "[cluster]\nredis_url = \"redis://127.0.0.1/0\"\ncommand_timeout_ms = 0\n",
+        "cluster.command_timeout_ms",
+    );
+    check_err("[cluster]\nredis = \"redis://127.0.0.1/0\"\n", "redis");
+}
+
+#[test]
+fn redis_url_comes_from_the_environment_and_never_prints() {
+    let mut c = Config::from_toml("").unwrap();
+    c.apply_env([(super::env::REDIS_URL.to_owned(), "redis://:hunter2@10.0.0.5/0".to_owned())]);
+    assert_eq!(
+        c.cluster.redis_url.as_ref().map(|u| u.0.as_str()),
+        Some("redis://:hunter2@10.0.0.5/0")
+    );
+    c.validate().unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+}

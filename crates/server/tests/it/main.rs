@@ -10,3 +10,4 @@ mod per_ip;
 mod raw;
 mod secure;
 mod support;
+mod tls;

@@ -105,7 +105,9 @@ impl Server {
             };
             let addr_after = |prefix: &str| -> Option<SocketAddr> {
                 let rest = line.strip_prefix(prefix)?;
-                let rest = rest.trim_start_matches("ws://").trim_start_matches("http://");
+                let rest = ["ws://", "wss://", "http://", "https://"]
+                    .iter()
+                    .fold(rest, |r, scheme| r.strip_prefix(scheme).unwrap_or(r));
                 Some(rest.trim_end_matches('/').parse().expect("listening address"))
             };
             if let Some(a) = addr_after("palisade: echo listening on ") {

@@ -1,12 +1,15 @@
 //! Integration tests: the real accept loop on 127.0.0.1:0 driven by a real WebSocket client.
 
+mod tls;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use palisade_transport::{
-    Accept, Close, ConnHandle, ConnInfo, Context, Endpoint, Handler, HandshakeRequest, Message,
-    Outcome, Refusal, Rejection, TransportConfig,
+    Accept, Close, ConnHandle, ConnInfo, Context, Endpoint, Handler, HandshakeError,
+    HandshakeRequest, Message, Outcome, Refusal, Rejection, TransportConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +23,12 @@ use tokio_util::task::TaskTracker;
 struct Recorder {
     handles: Mutex<Vec<ConnHandle>>,
     outcomes: Mutex<Vec<String>>,
+    /// `handshake_failed` kinds, in order.
+    failures: Mutex<Vec<String>>,
+    /// Connections admitted so far.
+    admitted: AtomicUsize,
+    /// Refuse every connection at admission (drop it).
+    deny: AtomicBool,
 }
 
 struct EchoConn(Arc<Recorder>);
@@ -56,6 +65,10 @@ impl Endpoint for Ep {
     type Handler = EchoConn;
 
     fn admit(&self, _peer: std::net::SocketAddr) -> Result<(), Refusal> {
+        if self.0.deny.load(Ordering::Relaxed) {
+            return Err(Refusal::Drop);
+        }
+        self.0.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -70,6 +83,10 @@ impl Endpoint for Ep {
         }
         let accept = Accept { subprotocol: Some("chat.v1".into()), ..Accept::default() };
         Ok((accept, EchoConn(self.0.clone())))
+    }
+
+    fn handshake_failed(&self, _info: &ConnInfo, error: &HandshakeError) {
+        self.0.failures.lock().unwrap().push(error.kind().to_owned());
     }
 }
 
@@ -303,4 +320,131 @@ async fn client_that_stops_reading_is_closed_as_slow_consumer() {
     assert!(refused || outcome.contains("slow_consumer"), "{outcome}");
     assert!(outcome.contains("slow_consumer") || outcome == "server 1008", "{outcome}");
     drop(ws);
+}
+
+/// Uses the hooks a subprotocol needs: rewrites what it queued after a mark, rewrites pushes,
+/// and says why before every close.
+struct Hooked;
+
+impl Handler for Hooked {
+    async fn on_message(&mut self, msg: Message, ctx: &mut Context) -> Result<(), Close> {
+        match msg {
+            Message::Text(t) if t == "bye" => Err(Close::new(4000, "bye")),
+            Message::Text(t) if t == "push" => {
+                ctx.handle().send(Message::Text("pushed".into())).expect("push");
+                Ok(())
+            }
+            Message::Text(t) => {
+                ctx.send(Message::Text("before".into()))?;
+                let mark = ctx.queued();
+                ctx.send(Message::Text(t))?;
+                ctx.map_queued(mark, |m| match m {
+                    Message::Text(t) => Message::Text(t.to_uppercase()),
+                    other => other,
+                });
+                Ok(())
+            }
+            Message::Binary(_) => Ok(()),
+        }
+    }
+
+    fn on_push(&mut self, msg: Message) -> Message {
+        match msg {
+            Message::Text(t) => Message::Text(format!("push:{t}")),
+            other => other,
+        }
+    }
+
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        Some(Message::Text(format!("closing {} {}", close.code, close.reason)))
+    }
+}
+
+struct HookedEp;
+
+impl Endpoint for HookedEp {
+    type Admission = ();
+    type Handler = Hooked;
+
+    fn admit(&self, _peer: std::net::SocketAddr) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn handshake(
+        &self,
+        _info: &ConnInfo,
+        _admission: &(),
+        _req: &HandshakeRequest,
+    ) -> Result<(Accept, Hooked), Rejection> {
+        Ok((Accept::default(), Hooked))
+    }
+}
+
+async fn start_hooked(
+    tweak: impl FnOnce(&mut TransportConfig),
+) -> (std::net::SocketAddr, CancellationToken) {
+    let mut config = TransportConfig::secure_defaults();
+    config.close_timeout = Duration::from_millis(500);
+    tweak(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let serve = palisade_transport::serve(
+        listener,
+        "hooked",
+        Arc::new(HookedEp),
+        Arc::new(config),
+        shutdown.clone(),
+        TaskTracker::new(),
+    );
+    tokio::spawn(serve);
+    (addr, shutdown)
+}
+
+async fn next_text(ws: &mut Client) -> String {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        match next.expect("a message within 5 s") {
+            Some(Ok(WsMessage::Text(t))) => return t.to_string(),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn hooks_rewrite_queued_replies_and_pushes() {
+    let (addr, _shutdown) = start_hooked(|_| {}).await;
+    let mut ws = connect(addr).await;
+    ws.send(WsMessage::text("abc")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    assert_eq!(next_text(&mut ws).await, "ABC");
+    ws.send(WsMessage::text("push")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "push:pushed");
+}
+
+#[tokio::test]
+async fn on_closing_message_precedes_every_server_close() {
+    // The handler's own close.
+    let (addr, shutdown) = start_hooked(|c| {
+        c.idle_timeout = Duration::from_millis(400);
+        c.ping_interval = Duration::ZERO;
+    })
+    .await;
+    let mut ws = connect(addr).await;
+    ws.send(WsMessage::text("bye")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "closing 4000 bye");
+    assert_eq!(close_code(&mut ws).await, Some(4000));
+    // A transport failure (idle timeout).
+    let mut ws = connect(addr).await;
+    assert_eq!(next_text(&mut ws).await, "closing 1001 idle timeout");
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    // Shutdown.
+    let mut ws = connect(addr).await;
+    ws.send(WsMessage::text("x")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "before");
+    assert_eq!(next_text(&mut ws).await, "X");
+    shutdown.cancel();
+    assert_eq!(next_text(&mut ws).await, "closing 1001 server shutting down");
+    assert_eq!(close_code(&mut ws).await, Some(1001));
 }

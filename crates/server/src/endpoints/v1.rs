@@ -1,0 +1,509 @@
+//! The `palisade.v1` subprotocol of the secure endpoint: JSON envelopes for authentication,
+//! data, token refresh and typed errors (docs/subprotocol.md, docs/palisade.v1.schema.json).
+//!
+//! A connection whose client offered `palisade.v1` gets a [`V1`] in its `Conn`; the endpoint
+//! hands it every message, every session deadline, every push and every close. Clients that
+//! negotiate nothing keep the guide's plain-text exchange, untouched.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use palisade_transport::{Close, Context, HandshakeRequest, Message, close_code};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Auth, Conn};
+use crate::app::Handler;
+use crate::config::Config;
+use crate::sessions::{SessionInfo, unix_now};
+
+/// The subprotocol's name in `Sec-WebSocket-Protocol`.
+pub(crate) const PROTOCOL: &str = "palisade.v1";
+
+/// Failed refreshes after which a session is closed with 1008.
+pub(crate) const MAX_FAILED_REFRESHES: u32 = 3;
+
+/// The subprotocol's settings, from `[auth]` and `[subprotocol]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Longest a session may last, refreshes included (0: no cap).
+    pub(crate) max_session_secs: u64,
+    /// Seconds before the token's `exp` that `expiring` is sent (0: never).
+    pub(crate) expiry_warning_secs: u64,
+    /// The bad envelope at which the connection is closed.
+    pub(crate) close_after_bad_envelopes: u32,
+}
+
+impl Settings {
+    /// The settings, or `None` when `subprotocol.enabled` is off.
+    pub(crate) fn from_config(config: &Config) -> Option<Settings> {
+        config.subprotocol.enabled.then(|| Settings {
+            max_session_secs: config.auth.max_session_secs,
+            expiry_warning_secs: config.auth.expiry_warning_secs,
+            close_after_bad_envelopes: config.subprotocol.close_after_bad_envelopes.max(1),
+        })
+    }
+}
+
+/// Whether the upgrade request offers `palisade.v1`.
+pub(super) fn offered(req: &HandshakeRequest) -> bool {
+    req.headers()
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PROTOCOL)
+}
+
+/// One connection's subprotocol state.
+pub(crate) struct V1 {
+    settings: Settings,
+    bad_envelopes: u32,
+    failed_refreshes: u32,
+    /// The current token's `exp` (Unix seconds).
+    exp: Option<u64>,
+    /// `auth.leeway_secs`: the session ends this long after `exp`.
+    leeway: u64,
+    /// The session's start plus `max_session_secs` (Unix seconds).
+    limit: Option<u64>,
+    /// Whether `expiring` has been sent for the current token.
+    warned: bool,
+    /// What the error envelope before the coming close says, when this module decided it.
+    closing: Option<Failure>,
+}
+
+/// The error envelope's `reason` and `detail`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+}
+
+/// Why a session ends at its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    TokenExpired,
+    SessionTooLong,
+}
+
+/// The next thing due on a session's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Send `expiring`.
+    Warn,
+    /// Close the session.
+    End(End),
+}
+
+impl V1 {
+    pub(crate) fn new(settings: Settings) -> V1 {
+        V1 {
+            settings,
+            bad_envelopes: 0,
+            failed_refreshes: 0,
+            exp: None,
+            leeway: 0,
+            limit: None,
+            warned: false,
+            closing: None,
+        }
+    }
+
+    /// Starts the session clock: `started` and the first token's `exp`, in Unix seconds.
+    pub(crate) fn start(&mut self, started: u64, exp: Option<u64>, leeway: u64) {
+        let max = self.settings.max_session_secs;
+        self.limit = (max > 0).then(|| started.saturating_add(max));
+        self.leeway = leeway;
+        self.set_token(exp);
+    }
+
+    fn set_token(&mut self, exp: Option<u64>) {
+        self.exp = exp;
+        self.warned = false;
+    }
+
+    /// The next event on the session's clock and when it is due (Unix seconds).
+    pub(crate) fn next_event(&self) -> Option<(u64, Event)> {
+        let token_end = self.exp.map(|e| (e.saturating_add(self.leeway), End::TokenExpired));
+        let limit_end = self.limit.map(|l| (l, End::SessionTooLong));
+        let end = match (token_end, limit_end) {
+            (Some(t), Some(l)) => Some(if t.0 <= l.0 { t } else { l }),
+            (t, l) => t.or(l),
+        };
+        let warning = self.settings.expiry_warning_secs;
+        let warn = match (self.exp, end) {
+            (Some(exp), Some((_, End::TokenExpired))) if !self.warned && warning > 0 => {
+                Some((exp.saturating_sub(warning), Event::Warn))
+            }
+            _ => None,
+        };
+        let end = end.map(|(at, why)| (at, Event::End(why)));
+        match (warn, end) {
+            (Some(w), Some(e)) => Some(if w.0 <= e.0 { w } else { e }),
+            (w, e) => w.or(e),
+        }
+    }
+
+    /// Sets the connection's deadline to the next event.
+    fn schedule(&self, ctx: &mut Context) {
+        ctx.set_deadline(self.next_event().map(|(at, _)| instant_at(at)));
+    }
+
+    /// Remembers what the error envelope before the coming close says, and returns the close.
+    fn fail(&mut self, reason: &'static str, detail: impl Into<String>, close: Close) -> Close {
+        self.closing = Some(Failure { reason, detail: detail.into() });
+        close
+    }
+
+    /// The error envelope sent right before `close`: the failure this module decided, or one
+    /// derived from the close code and reason for closes decided elsewhere.
+    pub(crate) fn closing(&mut self, close: &Close) -> Message {
+        let failure = self.closing.take().unwrap_or_else(|| failure_for(close));
+        error_envelope(failure.reason, &failure.detail)
+    }
+}
+
+/// The error envelope for a close decided outside this module (transport, registry, firewall).
+pub(crate) fn failure_for(close: &Close) -> Failure {
+    let reason = match (close.code, close.reason.as_ref()) {
+        (close_code::NORMAL, _) => "closing",
+        (close_code::GOING_AWAY, "server shutting down") => "shutting_down",
+        (close_code::GOING_AWAY, "idle timeout") => "idle_timeout",
+        (close_code::GOING_AWAY, _) => "going_away",
+        (close_code::PROTOCOL_ERROR, _) => "protocol_error",
+        (close_code::INVALID_PAYLOAD, _) => "invalid_utf8",
+        (close_code::MESSAGE_TOO_BIG, _) => "message_too_big",
+        (close_code::INTERNAL_ERROR, _) => "internal_error",
+        (close_code::TRY_AGAIN_LATER, _) => "over_capacity",
+        (close_code::POLICY_VIOLATION, "rate limit exceeded") => "rate_limited",
+        (close_code::POLICY_VIOLATION, "session revoked") => "revoked",
+        (close_code::POLICY_VIOLATION, "slow consumer") => "slow_consumer",
+        (close_code::POLICY_VIOLATION, "authentication timeout") => "auth_timeout",
+        (close_code::POLICY_VIOLATION, "too many sessions for this user") => "too_many_sessions",
+        (close_code::POLICY_VIOLATION, _) => "policy",
+        _ => "closed",
+    };
+    let detail =
+        if close.reason.is_empty() { reason.replace('_', " ") } else { close.reason.to_string() };
+    Failure { reason, detail }
+}
+
+/// A client envelope.
+#[derive(Debug)]
+pub(crate) enum Envelope {
+    Auth(String),
+    Message(Box<RawValue>),
+    Refresh(String),
+}
+
+/// The fields of any client envelope; which are required depends on `type`.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+}
+
+/// `data` is present even when it is `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// Parses one client envelope; the error is the `detail` of a `bad_envelope` error.
+pub(crate) fn parse(text: &str) -> Result<Envelope, String> {
+    if !text.trim_start().starts_with('{') {
+        return Err("an envelope is a JSON object".into());
+    }
+    let incoming: Incoming =
+        serde_json::from_str(text).map_err(|e| format!("invalid envelope: {e}"))?;
+    match incoming.kind.as_str() {
+        "auth" => incoming.token.map(Envelope::Auth).ok_or_else(|| missing("auth", "token")),
+        "refresh" => {
+            incoming.token.map(Envelope::Refresh).ok_or_else(|| missing("refresh", "token"))
+        }
+        "message" => incoming.data.map(Envelope::Message).ok_or_else(|| missing("message", "data")),
+        other => Err(format!(
+            "unknown type {:?}; expected \"auth\", \"message\" or \"refresh\"",
+            truncate(other, 32)
+        )),
+    }
+}
+
+fn missing(kind: &str, field: &str) -> String {
+    let what = if field == "token" { "a string `token`" } else { "`data`" };
+    format!("a `{kind}` envelope needs {what}")
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A server envelope.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Outgoing<'a> {
+    Authenticated { session_id: &'a str, user_id: &'a str, exp: Option<u64> },
+    Message { data: &'a RawValue },
+    Expiring { in_secs: u64 },
+    Refreshed { exp: Option<u64> },
+    Error { reason: &'a str, detail: &'a str },
+}
+
+fn envelope(env: &Outgoing<'_>) -> Message {
+    match serde_json::to_string(env) {
+        Ok(text) => Message::Text(text),
+        // Never happens (strings, integers and raw JSON always serialise); stay on the protocol.
+        Err(_) => Message::Text(r#"{"type":"error","reason":"internal_error","detail":""}"#.into()),
+    }
+}
+
+/// An `error` envelope.
+pub(crate) fn error_envelope(reason: &str, detail: &str) -> Message {
+    envelope(&Outgoing::Error { reason, detail })
+}
+
+/// Wraps an application reply or push in a `message` envelope: text that is JSON is embedded as
+/// that value, other text as a JSON string. Binary messages are sent as they are.
+pub(crate) fn wrap_reply(msg: Message) -> Message {
+    match msg {
+        Message::Text(text) => {
+            let data = match serde_json::from_str::<&RawValue>(&text) {
+                Ok(raw) => return envelope(&Outgoing::Message { data: raw }),
+                Err(_) => {
+                    serde_json::to_string(&text).ok().and_then(|s| RawValue::from_string(s).ok())
+                }
+            };
+            match data {
+                Some(raw) => envelope(&Outgoing::Message { data: &raw }),
+                None => error_envelope("internal_error", "reply could not be encoded"),
+            }
+        }
+        binary @ Message::Binary(_) => binary,
+    }
+}
+
+/// The instant at which the wall clock reads `unix_secs` (now, if it already has).
+fn instant_at(unix_secs: u64) -> Instant {
+    let at = UNIX_EPOCH + Duration::from_secs(unix_secs);
+    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// Whether the wall clock has reached `unix_secs`.
+fn reached(unix_secs: u64) -> bool {
+    SystemTime::now() >= UNIX_EPOCH + Duration::from_secs(unix_secs)
+}
+
+impl<H: Handler> Conn<H> {
+    fn v1_state(&mut self) -> Result<&mut V1, Close> {
+        self.v1.as_mut().ok_or_else(|| Close::new(close_code::INTERNAL_ERROR, "internal error"))
+    }
+
+    fn leeway(&self) -> u64 {
+        self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0)
+    }
+
+    /// A message from a `palisade.v1` client (after the rate limit). Returns the message for the
+    /// application (the JSON text of a message envelope's `data`), if there is one.
+    pub(super) async fn v1_message(
+        &mut self,
+        msg: Message,
+        ctx: &mut Context,
+    ) -> Result<Option<Message>, Close> {
+        let parsed = match &msg {
+            Message::Text(text) => parse(text),
+            Message::Binary(_) => Err("binary frames are not envelopes; send JSON text".into()),
+        };
+        let envelope = match parsed {
+            Ok(e) => e,
+            Err(detail) => return self.v1_bad_envelope(detail, ctx).map(|()| None),
+        };
+        let in_session = match self.auth {
+            Auth::Waiting => false,
+            Auth::Session { .. } => true,
+            Auth::Open | Auth::FromHeader(_) => {
+                return Err(Close::new(close_code::INTERNAL_ERROR, "internal error"));
+            }
+        };
+        match (envelope, in_session) {
+            (Envelope::Message(data), true) => Ok(Some(Message::Text(data.get().into()))),
+            (Envelope::Auth(token), false) => self.v1_auth(&token, ctx).await.map(|()| None),
+            (Envelope::Auth(_), true) => self
+                .v1_bad_envelope(
+                    "already authenticated; send a `refresh` envelope to replace the token".into(),
+                    ctx,
+                )
+                .map(|()| None),
+            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).map(|()| None),
+            (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self.v1_state()?.fail(
+                "not_authenticated",
+                "send an `auth` envelope first",
+                Close::policy("authentication required"),
+            )),
+        }
+    }
+
+    async fn v1_auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
+        match self.verify(token) {
+            Ok(claims) => self.start_session(claims, ctx).await,
+            Err(e) if e.is_expired() => Err(self.v1_state()?.fail(
+                "token_expired",
+                "the token has expired",
+                Close::policy("token expired"),
+            )),
+            Err(_) => Err(self.v1_state()?.fail(
+                "invalid_token",
+                "the token was refused (the server log names the failed check)",
+                Close::policy("invalid token"),
+            )),
+        }
+    }
+
+    /// The session has started: tell the client and start the session clock.
+    pub(super) fn v1_session_started(
+        &mut self,
+        info: &SessionInfo,
+        ctx: &mut Context,
+    ) -> Result<(), Close> {
+        let leeway = self.leeway();
+        let v1 = self.v1_state()?;
+        v1.start(info.started, info.expires, leeway);
+        v1.schedule(ctx);
+        ctx.send(envelope(&Outgoing::Authenticated {
+            session_id: info.id.as_str(),
+            user_id: &info.user_id,
+            exp: info.expires,
+        }))
+    }
+
+    fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
+        let claims = match self.verify(token) {
+            Ok(claims) => claims,
+            Err(e) if e.is_expired() => {
+                return self.v1_refresh_failed(
+                    "token_expired",
+                    "the refresh token has expired",
+                    ctx,
+                );
+            }
+            Err(_) => {
+                let detail =
+                    "the refresh token was refused (the server log names the failed check)";
+                return self.v1_refresh_failed("invalid_token", detail, ctx);
+            }
+        };
+        let (Auth::Session { id, .. }, Some(session)) = (&self.auth, &self.peer.session) else {
+            return Err(Close::new(close_code::INTERNAL_ERROR, "internal error"));
+        };
+        let (id, user_id) = (id.clone(), session.user_id.clone());
+        let endpoint = self.kind.name();
+        let (conn, peer) = (self.peer.conn.id, self.peer.conn.peer);
+        if claims.user_id != user_id {
+            tracing::warn!(%conn, %peer, endpoint, user_id = %user_id, kind = "user_mismatch", "refresh refused: the token names another user");
+            return self.v1_refresh_failed(
+                "user_mismatch",
+                "the refresh token names another user",
+                ctx,
+            );
+        }
+        let leeway = self.leeway();
+        let v1 = self.v1_state()?;
+        if let Some(limit) = v1.limit
+            && claims.exp.is_none_or(|exp| exp > limit)
+        {
+            let max = v1.settings.max_session_secs;
+            tracing::warn!(%conn, %peer, endpoint, user_id = %user_id, kind = "session_too_long", "refresh refused: it would carry the session past auth.max_session_secs");
+            return Err(v1.fail(
+                "session_too_long",
+                format!("the refresh token would carry the session past its {max} s limit"),
+                Close::policy("session too long"),
+            ));
+        }
+        v1.set_token(claims.exp);
+        v1.schedule(ctx);
+        self.auth = Auth::Session {
+            id: id.clone(),
+            expires_at: claims.exp.map(|e| e.saturating_add(leeway)),
+        };
+        self.state.sessions.set_expiry(&id, claims.exp);
+        if let Some(session) = &mut self.peer.session {
+            session.expires = claims.exp;
+        }
+        tracing::info!(%conn, %peer, endpoint, user_id = %user_id, session = %id, exp = ?claims.exp, "session refreshed");
+        ctx.send(envelope(&Outgoing::Refreshed { exp: claims.exp }))
+    }
+
+    /// A refused refresh: the session runs on until its token expires, unless it was the last
+    /// one allowed.
+    fn v1_refresh_failed(
+        &mut self,
+        reason: &'static str,
+        detail: &str,
+        ctx: &mut Context,
+    ) -> Result<(), Close> {
+        let v1 = self.v1_state()?;
+        v1.failed_refreshes += 1;
+        if v1.failed_refreshes >= MAX_FAILED_REFRESHES {
+            let n = v1.failed_refreshes;
+            return Err(v1.fail(
+                "too_many_failed_refreshes",
+                format!("{detail}; {n} refreshes failed"),
+                Close::policy("too many failed refreshes"),
+            ));
+        }
+        ctx.send(error_envelope(reason, detail))
+    }
+
+    fn v1_bad_envelope(&mut self, detail: String, ctx: &mut Context) -> Result<(), Close> {
+        tracing::debug!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), kind = "bad_envelope", detail = %detail, "bad envelope");
+        let v1 = self.v1_state()?;
+        v1.bad_envelopes += 1;
+        let n = v1.bad_envelopes;
+        if n >= v1.settings.close_after_bad_envelopes {
+            return Err(v1.fail(
+                "bad_envelope",
+                format!("{detail}; closing after {n} bad envelopes"),
+                Close::policy("too many bad envelopes"),
+            ));
+        }
+        ctx.send(error_envelope("bad_envelope", &detail))
+    }
+
+    /// The session deadline passed: send `expiring`, or end the session.
+    pub(super) fn v1_session_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        let v1 = self.v1_state()?;
+        match v1.next_event() {
+            Some((at, Event::End(End::TokenExpired))) if reached(at) => Err(v1.fail(
+                "token_expired",
+                "the token has expired; reconnect with a fresh one",
+                Close::policy("token expired"),
+            )),
+            Some((at, Event::End(End::SessionTooLong))) if reached(at) => {
+                let max = v1.settings.max_session_secs;
+                Err(v1.fail(
+                    "session_too_long",
+                    format!("the session reached its {max} s limit; reconnect"),
+                    Close::policy("session too long"),
+                ))
+            }
+            Some((at, Event::Warn)) if reached(at) => {
+                v1.warned = true;
+                let in_secs = v1.exp.unwrap_or(0).saturating_sub(unix_now());
+                v1.schedule(ctx);
+                ctx.send(envelope(&Outgoing::Expiring { in_secs }))
+            }
+            // Woken early (clock adjustment): sleep again until the event.
+            _ => {
+                v1.schedule(ctx);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
