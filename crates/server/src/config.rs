@@ -169,6 +169,10 @@ pub struct LimitsConfig {
     pub write_timeout_secs: u64,
     /// Seconds to wait for connections to close at shutdown.
     pub drain_timeout_secs: u64,
+    /// Read buffer every connection keeps, in bytes (see docs/benchmarks.md).
+    pub read_buffer_bytes: usize,
+    /// Replies collected before a write goes to the socket, in bytes.
+    pub write_buffer_bytes: usize,
 }
 
 /// `[firewall]`
@@ -303,6 +307,8 @@ impl Default for LimitsConfig {
             outbound_queue: 256,
             write_timeout_secs: 10,
             drain_timeout_secs: 10,
+            read_buffer_bytes: 2 * 1024,
+            write_buffer_bytes: 16 * 1024,
         }
     }
 }
@@ -425,6 +431,14 @@ impl Config {
         positive("firewall.max_connections_per_ip", self.firewall.max_connections_per_ip as u64)?;
         positive("limits.outbound_queue", l.outbound_queue as u64)?;
         positive("limits.write_timeout_secs", l.write_timeout_secs)?;
+        for (key, value) in [
+            ("limits.read_buffer_bytes", l.read_buffer_bytes),
+            ("limits.write_buffer_bytes", l.write_buffer_bytes),
+        ] {
+            if !(256..=16 * 1024 * 1024).contains(&value) {
+                bail!("{key} ({value}) must be between 256 and 16777216 bytes");
+            }
+        }
         positive("secure.auth_timeout_secs", self.secure.auth_timeout_secs)?;
         if l.ping_interval_secs > 0 && l.ping_interval_secs >= l.idle_timeout_secs {
             bail!(
@@ -506,6 +520,8 @@ impl Config {
         t.ping_interval = Duration::from_secs(l.ping_interval_secs);
         t.outbound_queue = l.outbound_queue;
         t.write_timeout = Duration::from_secs(l.write_timeout_secs);
+        t.read_buffer_bytes = l.read_buffer_bytes;
+        t.write_buffer_bytes = l.write_buffer_bytes;
         t
     }
 }

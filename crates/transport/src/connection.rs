@@ -6,9 +6,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::future::poll_fn;
+use std::task::Poll;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -121,14 +124,29 @@ impl Context {
 /// A cloneable, thread-safe handle to one connection: push messages to it, or close it.
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
-    tx: mpsc::Sender<Message>,
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+/// The connection's inbox: what other tasks pushed or asked for. A plain queue under a mutex
+/// rather than a channel, so an idle connection holds no preallocated slots.
+#[derive(Debug)]
 struct Shared {
-    close: Mutex<Option<Close>>,
+    inbox: Mutex<Inbox>,
     notify: Notify,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: VecDeque<Message>,
+    close: Option<Close>,
+    ended: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why [`ConnHandle::send`] did not queue a message.
@@ -145,31 +163,39 @@ pub enum SendError {
 impl ConnHandle {
     /// Queues a message without waiting. A full queue closes the connection with 1008.
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
-        match self.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(ConnError::SlowConsumer("outbound queue full").close());
-                Err(SendError::Full)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        let mut inbox = self.shared.lock();
+        if inbox.ended {
+            return Err(SendError::Closed);
         }
+        if inbox.queue.len() >= self.shared.limit {
+            drop(inbox);
+            self.close(ConnError::SlowConsumer("outbound queue full").close());
+            return Err(SendError::Full);
+        }
+        inbox.queue.push_back(msg);
+        drop(inbox);
+        self.shared.notify.notify_one();
+        Ok(())
     }
 
     /// Asks the connection to close with this code and reason. The first request wins.
     pub fn close(&self, close: Close) {
-        let mut slot = self.shared.close.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(close);
+        let mut inbox = self.shared.lock();
+        if inbox.close.is_none() {
+            inbox.close = Some(close);
         }
-        drop(slot);
+        drop(inbox);
         self.shared.notify.notify_one();
     }
 
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().ended
     }
 }
+
+/// Most messages handled from one read before the replies are written.
+const MAX_BATCH: usize = 64;
 
 /// Runs one connection to its end and reports how it ended to the handler.
 pub(crate) async fn run<S, H>(
@@ -183,17 +209,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let (tx, mut rx) = mpsc::channel(cfg.outbound_queue.max(1));
-    let shared = Arc::new(Shared::default());
+    let limit = cfg.outbound_queue.max(1);
+    let shared =
+        Arc::new(Shared { inbox: Mutex::new(Inbox::default()), notify: Notify::new(), limit });
     let mut ctx = Context {
         info: info.clone(),
         pending: VecDeque::new(),
-        limit: cfg.outbound_queue.max(1),
+        limit,
         deadline: None,
-        handle: ConnHandle { tx, shared: shared.clone() },
+        handle: ConnHandle { shared: shared.clone() },
     };
-    let outcome = drive(&mut ws, &mut ctx, &mut handler, &mut rx, &shared, cfg, &shutdown).await;
-    rx.close();
+    let outcome = drive(&mut ws, &mut ctx, &mut handler, &shared, cfg, &shutdown).await;
+    {
+        let mut inbox = shared.lock();
+        inbox.ended = true;
+        inbox.queue = VecDeque::new();
+    }
     handler.on_close(&info, &outcome);
     outcome
 }
@@ -202,7 +233,6 @@ async fn drive<S, H>(
     ws: &mut WebSocketStream<S>,
     ctx: &mut Context,
     handler: &mut H,
-    rx: &mut mpsc::Receiver<Message>,
     shared: &Shared,
     cfg: &TransportConfig,
     shutdown: &CancellationToken,
@@ -212,16 +242,26 @@ where
     H: Handler,
 {
     let step = handler.on_open(ctx).await;
-    if let Some(outcome) = after_handler(ws, ctx, handler, step, cfg).await {
+    if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
         return outcome;
     }
     let pinging = !cfg.ping_interval.is_zero();
-    let mut next_ping = Instant::now() + cfg.ping_interval;
-    let mut last_seen = Instant::now();
-    let far = Duration::from_secs(86_400 * 365);
+    let now = Instant::now();
+    let far = now + Duration::from_secs(86_400 * 365);
+    let mut next_ping = if pinging { now + cfg.ping_interval } else { far };
+    let mut last_seen = now;
+    // One timer for the ping, the idle timeout and the handler's deadline. It is re-armed only
+    // when it fires or when the wake-up moves earlier; traffic moves the idle timeout later
+    // without touching the timer, which then finds the connection busy and sleeps again.
+    let mut armed = next_ping.min(last_seen + cfg.idle_timeout);
+    let timer = sleep_until(armed);
+    tokio::pin!(timer);
     loop {
-        let idle_at = last_seen + cfg.idle_timeout;
-        let deadline = ctx.deadline.unwrap_or_else(|| Instant::now() + far);
+        let wake = next_ping.min(last_seen + cfg.idle_timeout).min(ctx.deadline.unwrap_or(far));
+        if wake < armed || timer.is_elapsed() {
+            armed = wake;
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -230,106 +270,128 @@ where
                 return close_as_server(ws, close, prelude, cfg).await;
             }
             _ = shared.notify.notified() => {
-                let requested = shared.close.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(close) = requested {
+                let (close, pushed) = {
+                    let mut inbox = shared.lock();
+                    let room = ctx.limit.saturating_sub(ctx.pending.len());
+                    let n = inbox.queue.len().min(room);
+                    (inbox.close.take(), inbox.queue.drain(..n).collect::<Vec<_>>())
+                };
+                if let Some(close) = close {
                     let prelude = handler.on_closing(&close);
                     return close_as_server(ws, close, prelude, cfg).await;
                 }
+                for msg in pushed {
+                    ctx.pending.push_back(handler.on_push(msg));
+                }
+                if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
+                    return outcome;
+                }
             }
             item = ws.next() => {
-                let msg = match item {
-                    None => return Outcome::PeerClosed { code: None, reason: String::new() },
-                    Some(Err(e)) => match ConnError::from_ws(e) {
-                        None => return Outcome::PeerClosed { code: None, reason: String::new() },
-                        Some(err) => return fail(ws, err, |c| handler.on_closing(c), cfg).await,
-                    },
-                    Some(Ok(msg)) => msg,
-                };
                 last_seen = Instant::now();
-                let step = match msg {
-                    WsMessage::Text(t) => handler.on_message(Message::Text(t.as_str().to_owned()), ctx).await,
-                    WsMessage::Binary(b) => handler.on_message(Message::Binary(Vec::from(b)), ctx).await,
-                    WsMessage::Ping(_) => {
-                        // tungstenite has queued the pong; push it out now.
-                        match timeout(cfg.write_timeout, ws.flush()).await {
-                            Ok(Ok(())) => continue,
-                            Ok(Err(e)) => match ConnError::from_ws(e) {
-                                None => return Outcome::PeerClosed { code: None, reason: String::new() },
-                                Some(err) => return fail(ws, err, |c| handler.on_closing(c), cfg).await,
-                            },
-                            Err(_) => return fail(ws, ConnError::SlowConsumer("write timed out"), |c| handler.on_closing(c), cfg).await,
+                let mut item = item;
+                let mut handled = 0;
+                let mut pong_queued = false;
+                // Handle every message that is already buffered, then write all replies at once.
+                let step = loop {
+                    let msg = match item {
+                        None => return Outcome::PeerClosed { code: None, reason: String::new() },
+                        Some(Err(e)) => {
+                            let Some(err) = ConnError::from_ws(e) else {
+                                return Outcome::PeerClosed { code: None, reason: String::new() };
+                            };
+                            if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
+                                return outcome;
+                            }
+                            return fail(ws, err, |c| handler.on_closing(c), cfg).await;
                         }
+                        Some(Ok(msg)) => msg,
+                    };
+                    let step = match msg {
+                        WsMessage::Text(t) => handler.on_message(Message::Text(t.as_str().to_owned()), ctx).await,
+                        WsMessage::Binary(b) => handler.on_message(Message::Binary(Vec::from(b)), ctx).await,
+                        // tungstenite has queued the pong; it goes out with the replies.
+                        WsMessage::Ping(_) => {
+                            pong_queued = true;
+                            Ok(())
+                        }
+                        WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
+                        WsMessage::Close(frame) => {
+                            if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
+                                return outcome;
+                            }
+                            let (code, reason) = match frame {
+                                Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
+                                None => (None, String::new()),
+                            };
+                            // Reading on lets tungstenite send its reply and finish the handshake.
+                            let _ = timeout(cfg.close_timeout, async {
+                                while let Some(Ok(_)) = ws.next().await {}
+                            })
+                            .await;
+                            return Outcome::PeerClosed { code, reason };
+                        }
+                    };
+                    handled += 1;
+                    if step.is_err() || handled >= MAX_BATCH || ctx.pending.len() >= ctx.limit / 2 {
+                        break step;
                     }
-                    WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
-                    WsMessage::Close(frame) => {
-                        let (code, reason) = match frame {
-                            Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
-                            None => (None, String::new()),
-                        };
-                        // Reading on lets tungstenite send its reply and finish the handshake.
-                        let _ = timeout(cfg.close_timeout, async {
-                            while let Some(Ok(_)) = ws.next().await {}
-                        })
-                        .await;
-                        return Outcome::PeerClosed { code, reason };
+                    match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
+                        Poll::Ready(next) => item = next,
+                        Poll::Pending => break step,
                     }
                 };
-                if let Some(outcome) = after_handler(ws, ctx, handler, step, cfg).await {
+                if let Some(outcome) = after_handler(ws, ctx, handler, step, pong_queued, cfg).await {
                     return outcome;
                 }
             }
-            Some(msg) = rx.recv() => {
-                ctx.pending.push_back(handler.on_push(msg));
-                while ctx.pending.len() < ctx.limit {
-                    match rx.try_recv() {
-                        Ok(m) => ctx.pending.push_back(handler.on_push(m)),
-                        Err(_) => break,
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= last_seen + cfg.idle_timeout {
+                    return fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg).await;
+                }
+                if ctx.deadline.is_some_and(|d| now >= d) {
+                    ctx.deadline = None;
+                    let step = handler.on_deadline(ctx).await;
+                    if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
+                        return outcome;
                     }
                 }
-                if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), cfg).await {
-                    return outcome;
-                }
-            }
-            _ = sleep_until(next_ping), if pinging => {
-                next_ping = Instant::now() + cfg.ping_interval;
-                if let Err(outcome) = write_all(ws, std::iter::once(WsMessage::Ping(Default::default())), cfg).await {
-                    return outcome;
-                }
-            }
-            _ = sleep_until(idle_at) => {
-                return fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg).await;
-            }
-            _ = sleep_until(deadline), if ctx.deadline.is_some() => {
-                ctx.deadline = None;
-                let step = handler.on_deadline(ctx).await;
-                if let Some(outcome) = after_handler(ws, ctx, handler, step, cfg).await {
-                    return outcome;
+                if now >= next_ping {
+                    next_ping = now + cfg.ping_interval;
+                    if let Err(outcome) = write_all(ws, std::iter::once(WsMessage::Ping(Default::default())), cfg).await {
+                        return outcome;
+                    }
                 }
             }
         }
     }
 }
 
-/// Sends what the handler queued, then closes if the handler asked to.
+/// Sends what the handler queued (and flushes anyway with `flush`, e.g. for a queued pong),
+/// then closes if the handler asked to.
 async fn after_handler<S, H>(
     ws: &mut WebSocketStream<S>,
     ctx: &mut Context,
     handler: &mut H,
     step: Result<(), Close>,
+    flush: bool,
     cfg: &TransportConfig,
 ) -> Option<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    if !ctx.pending.is_empty() {
+    if !ctx.pending.is_empty() || flush {
         let count = ctx.pending.len();
         let bytes = ctx.pending.iter().map(Message::len).sum();
         let batch = ctx.pending.drain(..).map(to_ws);
         if let Err(outcome) = write_all(ws, batch, cfg).await {
             return Some(outcome);
         }
-        handler.on_sent(count, bytes);
+        if count > 0 {
+            handler.on_sent(count, bytes);
+        }
     }
     match step {
         Ok(()) => None,

@@ -63,6 +63,7 @@ mod error;
 pub mod fuzzing;
 mod handshake;
 mod listener;
+mod read_ahead;
 mod tls;
 
 use std::borrow::Cow;
@@ -103,7 +104,12 @@ pub struct TransportConfig {
     pub max_frame_bytes: usize,
     /// Largest HTTP request head at the handshake.
     pub max_request_head_bytes: usize,
-    /// Bytes buffered before a write goes to the socket.
+    /// Bytes tungstenite reads per call, and the read buffer every connection keeps (see the
+    /// `read_ahead` note in docs/benchmarks.md: a busy connection still reads up to 64 KiB per
+    /// system call). Small keeps idle connections cheap.
+    pub read_buffer_bytes: usize,
+    /// Replies are collected up to this many bytes before a write goes to the socket (all
+    /// queued replies are flushed once the read side has nothing more).
     pub write_buffer_bytes: usize,
     /// Time allowed from TCP accept to a completed upgrade.
     pub handshake_timeout: Duration,
@@ -131,7 +137,8 @@ impl TransportConfig {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 64 * 1024,
             max_request_head_bytes: 8 * 1024,
-            write_buffer_bytes: 128 * 1024,
+            read_buffer_bytes: 2 * 1024,
+            write_buffer_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::handshake::{self, Accept, HandshakeError, HandshakeRequest, Rejection};
+use crate::read_ahead::ReadAhead;
 use crate::{Handler, TransportConfig, connection, tls};
 
 /// A process-wide unique connection id, shown as `c42` in logs.
@@ -187,7 +188,7 @@ pub(crate) async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
     admission: &E::Admission,
     endpoint: &E,
     config: &TransportConfig,
-) -> Result<(WebSocketStream<S>, E::Handler), HandshakeError> {
+) -> Result<(WebSocketStream<ReadAhead<S>>, E::Handler), HandshakeError> {
     let checked = async {
         let raw = handshake::read_request(&mut stream, config.max_request_head_bytes).await?;
         let key = handshake::check_upgrade(&raw.request)?.clone();
@@ -216,7 +217,9 @@ pub(crate) async fn upgrade<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_frame_bytes))
+        .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(config.write_buffer_bytes);
+    let stream = ReadAhead::new(stream);
     let ws =
         WebSocketStream::from_partially_read(stream, raw.rest, Role::Server, Some(ws_config)).await;
     Ok((ws, handler))

@@ -1,0 +1,148 @@
+//! Lets each connection keep a small read buffer without paying a system call per small read.
+//!
+//! tungstenite reads at most `read_buffer_size` bytes per call (its per-connection buffer, 128
+//! KiB by default, which an idle connection keeps). Palisade gives it a small buffer
+//! ([`crate::TransportConfig::read_buffer_bytes`], 2 KiB by default) and puts this wrapper
+//! under it: each socket read lands in one scratch buffer per worker thread (64 KiB), the part
+//! the caller has room for is handed over, and the rest waits in a per-connection spill vector
+//! that is freed again once it is drained and larger than a few KiB. An idle connection so holds
+//! only the small buffer; a busy one still moves up to 64 KiB per system call.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes one socket read may bring in.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// A drained spill vector up to this capacity is kept for the next burst; a larger one is freed.
+const KEEP_SPILL_BYTES: usize = 4 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// A stream whose reads go through the thread's scratch buffer; writes pass straight through.
+#[derive(Debug)]
+pub(crate) struct ReadAhead<S> {
+    inner: S,
+    spill: Vec<u8>,
+    pos: usize,
+}
+
+impl<S> ReadAhead<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        ReadAhead { inner, spill: Vec::new(), pos: 0 }
+    }
+
+    fn drain_spill(&mut self, out: &mut ReadBuf<'_>) {
+        let n = out.remaining().min(self.spill.len() - self.pos);
+        out.put_slice(&self.spill[self.pos..self.pos + n]);
+        self.pos += n;
+        if self.pos == self.spill.len() {
+            self.pos = 0;
+            if self.spill.capacity() > KEEP_SPILL_BYTES {
+                self.spill = Vec::new();
+            } else {
+                self.spill.clear();
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.spill.len() {
+            this.drain_spill(out);
+            return Poll::Ready(Ok(()));
+        }
+        if out.remaining() >= SCRATCH_BYTES {
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
+            let got = buf.filled();
+            let n = got.len().min(out.remaining());
+            out.put_slice(&got[..n]);
+            this.spill.extend_from_slice(&got[n..]);
+            Poll::Ready(Ok(()))
+        })
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn small_reads_get_every_byte_in_order_from_one_large_socket_read() {
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&data).await.unwrap();
+        drop(client);
+        let mut reader = ReadAhead::new(server);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = reader.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, data);
+        assert!(reader.spill.capacity() <= KEEP_SPILL_BYTES, "a large drained spill is freed");
+    }
+
+    #[tokio::test]
+    async fn a_large_caller_buffer_reads_directly() {
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        client.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut reader = ReadAhead::new(server);
+        let mut big = vec![0u8; SCRATCH_BYTES * 2];
+        let n = reader.read(&mut big).await.unwrap();
+        assert!(n > 0);
+        assert!(reader.spill.is_empty());
+    }
+}
