@@ -7,16 +7,16 @@
 
 use std::env;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::process::{self, PalisadeProcess, mint};
 use crate::{cargo, root, status};
 
 pub(crate) const USAGE: &str = "\
@@ -77,9 +77,9 @@ pub(crate) fn autobahn(args: &[String]) -> Result<(), String> {
         env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root().join("target"));
     let bin = target.join(if opts.release { "release" } else { "debug" }).join("palisade");
 
-    let work = temp_dir()?;
+    let work = process::temp_dir("autobahn")?;
     let config = write_config(&work)?;
-    let server = PalisadeProcess::start(&bin, &config, &work)?;
+    let server = PalisadeProcess::start(Command::new(&bin), &config, &work)?;
     let result = run_suites(&opts, &suite, &bin, &config, &server, &work);
     let console = server.stop();
     let panicked = console.lines().any(|l| l.contains("panicked"));
@@ -118,7 +118,7 @@ fn run_suites(
         let (target, proxy) = match *endpoint {
             "echo" => (server.echo, None),
             _ => {
-                let token = mint(bin, config)?;
+                let token = mint(bin, config, "autobahn")?;
                 let proxy = BearerProxy::start(server.secure, token)?;
                 (proxy.addr, Some(proxy))
             }
@@ -210,22 +210,9 @@ fn ensure_installed(suite: &Path) -> Result<(), String> {
     status(cmd)
 }
 
-fn temp_dir() -> Result<PathBuf, String> {
-    let dir = env::temp_dir().join(format!("palisade-autobahn.{}", std::process::id()));
-    fs::create_dir_all(dir.join("log"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
 /// The conformance configuration: what the suite needs, nothing else changed.
 fn write_config(work: &Path) -> Result<PathBuf, String> {
-    let secret = work.join("jwt-secret");
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    fs::write(&secret, hex).map_err(|e| format!("cannot write {}: {e}", secret.display()))?;
+    let secret = process::write_secret(work)?;
     let text = format!(
         "# Written by `cargo xtask autobahn`; see docs/conformance.md.\n\
          [echo]\nlisten = \"127.0.0.1:0\"\nprefix = \"\"   # echo the payload as is\n\n\
@@ -244,102 +231,6 @@ fn write_config(work: &Path) -> Result<PathBuf, String> {
     let config = work.join("palisade.toml");
     fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     Ok(config)
-}
-
-/// Mints a one-hour token with the server's own `token` subcommand.
-fn mint(bin: &Path, config: &Path) -> Result<String, String> {
-    let out = Command::new(bin)
-        .args(["--config"])
-        .arg(config)
-        .args(["token", "--user-id", "autobahn", "--ttl", "1h"])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "palisade token failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// The server under test, killed (SIGTERM, then SIGKILL) when stopped.
-struct PalisadeProcess {
-    child: Child,
-    echo: SocketAddr,
-    secure: SocketAddr,
-    console: PathBuf,
-}
-
-impl PalisadeProcess {
-    fn start(bin: &Path, config: &Path, work: &Path) -> Result<PalisadeProcess, String> {
-        let console = work.join("console.log");
-        let stderr =
-            fs::File::create(&console).map_err(|e| format!("cannot create console log: {e}"))?;
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .env_remove("PALISADE_JWT_SECRET")
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Keep draining after the addresses are read so the server never blocks.
-                let _ = tx.send(line);
-            }
-        });
-        let (mut echo, mut secure) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while echo.is_none() || secure.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "palisade did not print its addresses; console:\n{}",
-                    fs::read_to_string(&console).unwrap_or_default()
-                ));
-            };
-            let addr = |prefix: &str| -> Option<SocketAddr> {
-                line.strip_prefix(prefix)?
-                    .trim_start_matches("ws://")
-                    .trim_end_matches('/')
-                    .parse()
-                    .ok()
-            };
-            if let Some(a) = addr("palisade: echo listening on ") {
-                echo = Some(a);
-            } else if let Some(a) = addr("palisade: secure listening on ") {
-                secure = Some(a);
-            }
-        }
-        let (Some(echo), Some(secure)) = (echo, secure) else {
-            return Err("palisade did not print its addresses".into());
-        };
-        Ok(PalisadeProcess { child, echo, secure, console })
-    }
-
-    /// Stops the server gracefully (bounded) and returns its console output.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        fs::read_to_string(&self.console).unwrap_or_default()
-    }
 }
 
 /// A loopback TCP proxy to the secure endpoint: adds `Authorization: Bearer <token>` to each

@@ -1,10 +1,12 @@
-//! Project automation: `cargo xtask run | token | deps | ci | autobahn | fuzz`. Plain std, no
+//! Project automation: `cargo xtask run | token | deps | ci | autobahn | fuzz | bench`. Plain std, no
 //! dependencies.
 
 #![allow(clippy::print_stdout)] // xtask talks to a person on stdout.
 
 mod autobahn;
+mod bench;
 mod fuzz;
+mod process;
 
 use std::env;
 use std::fs;
@@ -39,8 +41,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("autobahn") => autobahn::autobahn(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}{}{}", autobahn::USAGE, fuzz::USAGE);
+            print!("{USAGE}{}{}{}", autobahn::USAGE, fuzz::USAGE, bench::USAGE);
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
