@@ -204,7 +204,13 @@ impl EndpointMetrics {
     /// Counts one sent message of `bytes` payload bytes.
     #[inline]
     pub fn message_out(&self, bytes: usize) {
-        self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.messages_out(1, bytes);
+    }
+
+    /// Counts `count` sent messages of `bytes` payload bytes in all (one write of a batch).
+    #[inline]
+    pub fn messages_out(&self, count: usize, bytes: usize) {
+        self.counters.messages_out.fetch_add(to_u64(count), Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(to_u64(bytes), Ordering::Relaxed);
     }
 

@@ -361,3 +361,14 @@ fn close_codes_format_as_decimal() {
         assert_eq!(table::format_u16(code, &mut buf), text);
     }
 }
+
+#[test]
+fn a_written_batch_counts_every_message_and_byte() {
+    let metrics = Metrics::new();
+    let echo = metrics.endpoint("echo");
+    echo.messages_out(3, 30);
+    echo.message_out(7);
+    let snap = metrics.snapshot();
+    assert_eq!(snap.messages_out_total, 4);
+    assert_eq!(snap.bytes_out_total, 37);
+}

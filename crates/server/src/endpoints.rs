@@ -485,10 +485,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
     }
 
     fn on_sent(&mut self, messages: usize, bytes: usize) {
-        for _ in 0..messages.saturating_sub(1) {
-            self.metrics.message_out(0);
-        }
-        self.metrics.message_out(bytes);
+        self.metrics.messages_out(messages, bytes);
     }
 
     fn on_close(&mut self, _info: &ConnInfo, outcome: &Outcome) {
