@@ -702,7 +702,87 @@ impl Report<'_> {
             p.hold_secs,
             self.machine
         );
+        out.push_str("## Targets\n\n");
+        out.push_str(&self.targets());
+        out.push_str("\n## Runs\n\n");
         out.push_str(&self.table());
+        out
+    }
+
+    /// The targets, each with the figure from this run and whether it is met.
+    fn targets(&self) -> String {
+        let mut out = String::from(
+            "| scenario | server | target | this run | met |\n| --- | --- | --- | ---: | --- |\n",
+        );
+        let mut line = |id: &str, t: Target, goal: &str, value: String, met: bool| {
+            let _ = writeln!(
+                out,
+                "| {id} | {} | {goal} | {value} | {} |",
+                t.name(),
+                if met { "yes" } else { "**no**" }
+            );
+        };
+        for (sc, samples) in self.results {
+            let rows = Self::rows(samples, sc.targets);
+            let base = Self::baseline(&rows);
+            for r in rows.iter().filter(|r| r.target != Target::Baseline) {
+                match sc.id {
+                    "S1" | "S2" | "S3" => {
+                        let Some(b) = base.filter(|b| b.per_cpu > 0.0) else { continue };
+                        let ratio = r.per_cpu / b.per_cpu;
+                        line(
+                            sc.id,
+                            r.target,
+                            ">= 0.95x baseline msgs/server-CPU-s",
+                            format!("{ratio:.2}x"),
+                            ratio >= 0.95,
+                        );
+                    }
+                    "S4" => {
+                        let Some(b) = base.filter(|b| b.per_cpu > 0.0 && b.rate > 0.0) else {
+                            continue;
+                        };
+                        let goal = if r.target == Target::Echo { 0.9 } else { 0.8 };
+                        let ratio = r.per_cpu / b.per_cpu;
+                        line(
+                            sc.id,
+                            r.target,
+                            &format!(">= {goal}x baseline handshakes/server-CPU-s"),
+                            format!("{ratio:.2}x"),
+                            ratio >= goal,
+                        );
+                        let wall = r.rate / b.rate;
+                        line(
+                            sc.id,
+                            r.target,
+                            &format!(">= {goal}x baseline handshakes/s (wall)"),
+                            format!("{wall:.2}x"),
+                            wall >= goal,
+                        );
+                    }
+                    "S5" => {
+                        let kib = if r.target == Target::Echo { 8.0 } else { 10.0 };
+                        let got = r.bytes_per_conn / 1024.0;
+                        line(
+                            sc.id,
+                            r.target,
+                            &format!("<= {kib} KiB per idle connection"),
+                            format!("{got:.1} KiB"),
+                            got <= kib,
+                        );
+                    }
+                    _ => {
+                        line(
+                            sc.id,
+                            r.target,
+                            "zero errors",
+                            format!("{:.0} connections, {:.0} errors", r.connections, r.errors),
+                            r.errors == 0.0,
+                        );
+                    }
+                }
+            }
+        }
         out
     }
 
