@@ -116,6 +116,11 @@ impl Conn {
     /// socket has bytes to read (reading them into `rx.buf`), the server
     /// ends the stream, or `wake` fires. Cancel safe.
     pub async fn pump(&mut self, mut wake: Pin<&mut Sleep>) -> Result<Pumped, String> {
+        // One read per turn: a connection whose socket is always readable
+        // would otherwise keep the one thread for a whole cooperative budget
+        // (128 rounds, long with big messages) while the others starve and
+        // their latencies blow up. Yielding makes the turns round-robin.
+        tokio::task::yield_now().await;
         loop {
             self.write_some()?;
             let interest = if self.written < self.tx.buf.len() {
