@@ -74,6 +74,9 @@ pub struct HandshakeArgs {
     /// Seconds to run (fractions allowed).
     #[arg(long, value_parser = parse_secs)]
     pub duration: Duration,
+    /// Seconds of cycles before measuring.
+    #[arg(long, value_parser = parse_secs, default_value = "1")]
+    pub warmup: Duration,
     /// Concurrent connect/close loops.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,

@@ -42,6 +42,8 @@ pub struct HandshakeConfig {
     pub prefix: String,
     pub sources: Vec<IpAddr>,
     pub duration: Duration,
+    /// Cycles completed before the end of the warm-up are not counted.
+    pub warmup: Duration,
     pub concurrency: usize,
 }
 
@@ -119,6 +121,22 @@ pub struct Ready {
     pub event: &'static str,
     pub connections: usize,
     pub errors: u64,
+}
+
+/// A marker line: `measure_start` / `measure_end` bracket the measured
+/// window of the echo and handshake modes (the orchestrator samples the
+/// server's CPU time at both).
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub event: &'static str,
+}
+
+/// Reports the start and end of the measured window as they happen.
+async fn mark_window(from: Instant, to: Instant, event: &mut impl FnMut(Event)) {
+    tokio::time::sleep_until(from).await;
+    event(Event { event: "measure_start" });
+    tokio::time::sleep_until(to).await;
+    event(Event { event: "measure_end" });
 }
 
 type Shared = Rc<RefCell<Stats>>;
@@ -231,7 +249,7 @@ async fn join(tasks: Vec<JoinHandle<()>>, stats: &Shared) {
 }
 
 /// Echo mode: throughput and latency with K messages in flight per connection.
-pub async fn echo(cfg: EchoConfig) -> EchoResult {
+pub async fn echo(cfg: EchoConfig, mut event: impl FnMut(Event)) -> EchoResult {
     let stats = Shared::default();
     let body = {
         let (cfg, stats) = (cfg.clone(), stats.clone());
@@ -242,7 +260,9 @@ pub async fn echo(cfg: EchoConfig) -> EchoResult {
     let (connections, go, tasks) =
         open_all(&cfg.open, &cfg.sources, cfg.connections, cfg.connect_concurrency, &stats, body)
             .await;
-    let _ = go.send(Some(Instant::now()));
+    let start = Instant::now();
+    let _ = go.send(Some(start));
+    mark_window(start + cfg.warmup, start + cfg.warmup + cfg.duration, &mut event).await;
     join(tasks, &stats).await;
     let s = stats.borrow();
     let secs = cfg.duration.as_secs_f64();
@@ -337,10 +357,11 @@ async fn echo_conn(
 }
 
 /// Handshake mode: connection set-up and tear-down rate.
-pub async fn handshake(cfg: HandshakeConfig) -> HandshakeResult {
+pub async fn handshake(cfg: HandshakeConfig, mut event: impl FnMut(Event)) -> HandshakeResult {
     let stats = Shared::default();
     let start = Instant::now();
-    let end = start + cfg.duration;
+    let warm_end = start + cfg.warmup;
+    let end = warm_end + cfg.duration;
     let counter = Rc::new(std::cell::Cell::new(0usize));
     let mut tasks = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
@@ -354,9 +375,12 @@ pub async fn handshake(cfg: HandshakeConfig) -> HandshakeResult {
                 let t0 = Instant::now();
                 match cycle(&cfg, source(&cfg.sources, i), &mut checker, seq).await {
                     Ok(()) => {
-                        let mut st = stats.borrow_mut();
-                        st.messages += 1;
-                        st.record(t0.elapsed());
+                        let done = Instant::now();
+                        if done >= warm_end && done <= end {
+                            let mut st = stats.borrow_mut();
+                            st.messages += 1;
+                            st.record(done - t0);
+                        }
                     }
                     Err(e) => {
                         stats.borrow_mut().error(e);
@@ -368,8 +392,9 @@ pub async fn handshake(cfg: HandshakeConfig) -> HandshakeResult {
             }
         }));
     }
+    mark_window(warm_end, end, &mut event).await;
     join(tasks, &stats).await;
-    let secs = start.elapsed().as_secs_f64();
+    let secs = cfg.duration.as_secs_f64();
     let s = stats.borrow();
     let (p50_us, p99_us, p999_us, max_us) = s.percentiles();
     HandshakeResult {

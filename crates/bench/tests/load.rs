@@ -52,6 +52,14 @@ fn load(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// Echo and handshake runs print `measure_start`, `measure_end`, `result`.
+fn timed_result(lines: Vec<Value>, mode: &str) -> Value {
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], serde_json::json!({"event": "measure_start"}));
+    assert_eq!(lines[1], serde_json::json!({"event": "measure_end"}));
+    only_result(lines[2..].to_vec(), mode)
+}
+
 fn only_result(lines: Vec<Value>, mode: &str) -> Value {
     assert_eq!(lines.len(), 1, "{lines:?}");
     let result = lines.into_iter().next().unwrap_or_default();
@@ -85,7 +93,7 @@ fn echo_mode_text_and_binary() {
         if binary {
             args.push("--binary");
         }
-        let r = only_result(load(&args), "echo");
+        let r = timed_result(load(&args), "echo");
         assert_eq!(r["errors"], 0, "{r}");
         assert_eq!(r["first_error"], Value::Null);
         assert_eq!(r["connections"], 4);
@@ -104,8 +112,18 @@ fn echo_mode_text_and_binary() {
 #[test]
 fn handshake_mode() {
     let server = Server::start();
-    let r = only_result(
-        load(&["handshake", "--url", &server.url, "--duration", "0.5", "--concurrency", "4"]),
+    let r = timed_result(
+        load(&[
+            "handshake",
+            "--url",
+            &server.url,
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--concurrency",
+            "4",
+        ]),
         "handshake",
     );
     assert_eq!(r["errors"], 0, "{r}");
@@ -145,7 +163,7 @@ fn idle_mode_prints_ready_then_result() {
 #[test]
 fn wrong_prefix_is_reported_as_errors() {
     let server = Server::start();
-    let r = only_result(
+    let r = timed_result(
         load(&[
             "echo",
             "--url",
@@ -178,8 +196,18 @@ fn refused_connections_are_errors_not_failures() {
         .map(|a| a.port())
         .expect("free port");
     let url = format!("ws://127.0.0.1:{port}/");
-    let r = only_result(
-        load(&["handshake", "--url", &url, "--duration", "0.1", "--concurrency", "1"]),
+    let r = timed_result(
+        load(&[
+            "handshake",
+            "--url",
+            &url,
+            "--duration",
+            "0.1",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "1",
+        ]),
         "handshake",
     );
     assert!(r["errors"].as_u64().unwrap_or_default() > 0, "{r}");

@@ -1,5 +1,7 @@
 //! `palisade-load`: cheap WebSocket load generator for benchmarks (see the
-//! crate documentation). Prints one JSON line on stdout per event; exit
+//! crate documentation). Prints one JSON line on stdout per event (echo and
+//! handshake: `measure_start`, `measure_end`, `result`; idle: `ready`,
+//! `result`); exit
 //! status 0 even when the run counted errors, 2 on a usage error.
 #![allow(clippy::print_stdout)]
 
@@ -67,7 +69,7 @@ fn execute(cli: Cli) -> Result<(), String> {
                 warmup: a.warmup,
                 connect_concurrency: a.connect_concurrency,
             };
-            emit(&local.block_on(&rt, run::echo(cfg)));
+            emit(&local.block_on(&rt, run::echo(cfg, |e| emit(&e))));
         }
         Command::Handshake(a) => {
             positive("--concurrency", a.concurrency)?;
@@ -76,9 +78,10 @@ fn execute(cli: Cli) -> Result<(), String> {
                 prefix: a.common.prefix,
                 sources: a.common.sources,
                 duration: a.duration,
+                warmup: a.warmup,
                 concurrency: a.concurrency,
             };
-            emit(&local.block_on(&rt, run::handshake(cfg)));
+            emit(&local.block_on(&rt, run::handshake(cfg, |e| emit(&e))));
         }
         Command::Idle(a) => {
             positive("--connect-concurrency", a.connect_concurrency)?;
