@@ -1,0 +1,101 @@
+//! `palisade-load`: cheap WebSocket load generator for benchmarks (see the
+//! crate documentation). Prints one JSON line on stdout per event (echo and
+//! handshake: `measure_start`, `measure_end`, `result`; idle: `ready`,
+//! `result`); exit
+//! status 0 even when the run counted errors, 2 on a usage error.
+#![allow(clippy::print_stdout)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use palisade_bench::cli::{Cli, Command, Common};
+use palisade_bench::conn::Open;
+use palisade_bench::frame::Kind;
+use palisade_bench::handshake::Target;
+use palisade_bench::run;
+use serde::Serialize;
+
+fn main() -> ExitCode {
+    // clap exits with status 2 on its own usage errors.
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn emit(line: &impl Serialize) {
+    let mut out = std::io::stdout().lock();
+    let json = serde_json::to_string(line).expect("results serialise");
+    // A closed stdout leaves nothing to report to.
+    let _ = writeln!(out, "{json}").and_then(|()| out.flush());
+}
+
+fn open(common: &Common, read_spare: usize) -> Result<Open, String> {
+    if common.sources.is_empty() {
+        return Err("--sources: at least one address".into());
+    }
+    Ok(Open { target: Target::parse(&common.url)?, token: common.token.clone(), read_spare })
+}
+
+fn positive(name: &str, n: usize) -> Result<(), String> {
+    if n == 0 { Err(format!("{name} must be at least 1")) } else { Ok(()) }
+}
+
+fn execute(cli: Cli) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    match cli.command {
+        Command::Echo(a) => {
+            positive("--connections", a.connections)?;
+            positive("--inflight", a.inflight)?;
+            positive("--connect-concurrency", a.connect_concurrency)?;
+            let cfg = run::EchoConfig {
+                open: open(&a.common, (16 * 1024).max(a.size.min(1 << 20)))?,
+                prefix: a.common.prefix,
+                sources: a.common.sources,
+                connections: a.connections,
+                inflight: a.inflight,
+                size: a.size,
+                kind: if a.binary { Kind::Binary } else { Kind::Text },
+                duration: a.duration,
+                warmup: a.warmup,
+                connect_concurrency: a.connect_concurrency,
+            };
+            emit(&local.block_on(&rt, run::echo(cfg, |e| emit(&e))));
+        }
+        Command::Handshake(a) => {
+            positive("--concurrency", a.concurrency)?;
+            let cfg = run::HandshakeConfig {
+                open: open(&a.common, 1024)?,
+                prefix: a.common.prefix,
+                sources: a.common.sources,
+                duration: a.duration,
+                warmup: a.warmup,
+                concurrency: a.concurrency,
+            };
+            emit(&local.block_on(&rt, run::handshake(cfg, |e| emit(&e))));
+        }
+        Command::Idle(a) => {
+            positive("--connect-concurrency", a.connect_concurrency)?;
+            let cfg = run::IdleConfig {
+                open: open(&a.common, 512)?,
+                prefix: a.common.prefix,
+                sources: a.common.sources,
+                connections: a.connections,
+                hold: a.hold,
+                trickle_ms: a.trickle_ms,
+                connect_concurrency: a.connect_concurrency,
+            };
+            emit(&local.block_on(&rt, run::idle(cfg, |ready| emit(&ready))));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Command line of `palisade-load`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Cheap WebSocket load generator (one thread). Prints one JSON result line.
+#[derive(Debug, Parser)]
+#[command(name = "palisade-load", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// N connections each keep K messages in flight; throughput and latency.
+    Echo(EchoArgs),
+    /// C loops of connect, upgrade, one message (or token), close.
+    Handshake(HandshakeArgs),
+    /// Open N connections and hold them (optionally trickling messages).
+    Idle(IdleArgs),
+}
+
+/// Options common to every mode.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Server URL, `ws://host:port/path`.
+    #[arg(long)]
+    pub url: String,
+    /// Send this token as the first text message and require `Authenticated!`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Expected reply to a message `m` is `PREFIX + m`.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Source addresses; connection i binds `SOURCES[i % len]:0`.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    pub sources: Vec<IpAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of connections.
+    #[arg(long)]
+    pub connections: usize,
+    /// Messages kept in flight per connection.
+    #[arg(long)]
+    pub inflight: usize,
+    /// Payload size in bytes (before any prefix).
+    #[arg(long)]
+    pub size: usize,
+    /// Send binary messages (default: text).
+    #[arg(long)]
+    pub binary: bool,
+    /// Measured seconds (fractions allowed).
+    #[arg(long, value_parser = parse_secs)]
+    pub duration: Duration,
+    /// Seconds of load before measuring.
+    #[arg(long, value_parser = parse_secs, default_value = "1")]
+    pub warmup: Duration,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct HandshakeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds to run (fractions allowed).
+    #[arg(long, value_parser = parse_secs)]
+    pub duration: Duration,
+    /// Seconds of cycles before measuring.
+    #[arg(long, value_parser = parse_secs, default_value = "1")]
+    pub warmup: Duration,
+    /// Concurrent connect/close loops.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of connections.
+    #[arg(long)]
+    pub connections: usize,
+    /// Seconds to hold them after the ready line (fractions allowed).
+    #[arg(long, value_parser = parse_secs)]
+    pub hold: Duration,
+    /// Each connection sends a 32-byte text message every MS ms (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub trickle_ms: u64,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+/// Seconds as a non-negative decimal number, e.g. `0.5`.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modes() {
+        let cli = Cli::try_parse_from([
+            "palisade-load",
+            "echo",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--connections",
+            "4",
+            "--inflight",
+            "2",
+            "--size",
+            "32",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--sources",
+            "127.0.0.1,127.0.0.2",
+        ])
+        .unwrap();
+        let Command::Echo(a) = cli.command else { panic!("echo") };
+        assert_eq!(a.duration, Duration::from_millis(500));
+        assert_eq!(a.warmup, Duration::ZERO);
+        assert_eq!(a.common.sources.len(), 2);
+        assert_eq!(a.common.prefix, "");
+        assert_eq!(a.connect_concurrency, 256);
+        assert!(!a.binary);
+
+        let cli = Cli::try_parse_from([
+            "palisade-load",
+            "handshake",
+            "--url",
+            "ws://x/",
+            "--duration",
+            "1",
+        ])
+        .unwrap();
+        let Command::Handshake(a) = cli.command else { panic!("handshake") };
+        assert_eq!(a.concurrency, 32);
+
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("abc").is_err());
+        assert!(Cli::try_parse_from(["palisade-load", "idle", "--url", "ws://x/"]).is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! Benchmark tools for Palisade. Benchmarks only: nothing here is part of
+//! the server, and `cargo xtask bench` drives both binaries.
+//!
+//! * `tungstenite-echo` is the baseline: a plain tokio-tungstenite echo
+//!   server written like the library's own `examples/echo-server.rs`, to
+//!   compare Palisade's echo endpoint against.
+//! * `palisade-load` is a deliberately cheap load generator (one thread,
+//!   hand-written WebSocket client over `tokio::net::TcpStream`, reused
+//!   buffers, no tungstenite), so that the server rather than the client is
+//!   what gets measured. It verifies every reply byte for byte and prints one
+//!   JSON result line on stdout (diagnostics go to stderr); the echo and
+//!   handshake modes first print `measure_start` and `measure_end` marker
+//!   lines when the measured window opens and closes. Modes:
+//!   `echo` (throughput and latency with K messages in flight per
+//!   connection), `handshake` (connect/upgrade/close rate) and `idle` (many
+//!   held connections, for memory; prints a `ready` line first).
+//!
+//! ```text
+//! $ tungstenite-echo --listen 127.0.0.1:9001
+//! tungstenite-echo listening on 127.0.0.1:9001
+//! $ palisade-load echo --url ws://127.0.0.1:9001/ --connections 64 --inflight 16 \
+//!       --size 32 --duration 10 --warmup 1
+//! {"event":"measure_start"}
+//! {"event":"measure_end"}
+//! {"event":"result","mode":"echo","connections":64,"inflight":16,"size":32,"binary":false,"secs":10.0,"messages":...}
+//! $ palisade-load handshake --url ws://127.0.0.1:9001/ --duration 5 --warmup 1 --concurrency 32
+//! $ palisade-load idle --url ws://127.0.0.1:9001/ --connections 10000 --hold 10 \
+//!       --trickle-ms 1000 --sources 127.0.0.1,127.0.0.2
+//! {"event":"ready","connections":10000,"errors":0}
+//! {"event":"result","mode":"idle","connections":10000,...}
+//! ```
+//!
+//! Against Palisade's echo endpoint pass `--prefix "Server received: "`;
+//! against its secure endpoint pass `--token JWT`.
+
+pub mod cli;
+pub mod conn;
+pub mod frame;
+pub mod handshake;
+pub mod run;
+pub mod stats;
