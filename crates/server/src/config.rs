@@ -307,7 +307,7 @@ impl Default for LimitsConfig {
             outbound_queue: 256,
             write_timeout_secs: 10,
             drain_timeout_secs: 10,
-            read_buffer_bytes: 2 * 1024,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 16 * 1024,
         }
     }

@@ -391,7 +391,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
     async fn on_open(&mut self, ctx: &mut Context) -> Result<(), Close> {
         self.metrics.connection_opened();
         match std::mem::replace(&mut self.auth, Auth::Open) {
-            Auth::FromHeader(claims) => self.start_session(claims, ctx).await,
+            Auth::FromHeader(claims) => Box::pin(self.start_session(claims, ctx)).await,
             Auth::Waiting => {
                 self.auth = Auth::Waiting;
                 ctx.set_deadline(Some(Instant::now() + self.state.auth_timeout));
@@ -412,7 +412,9 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         // In `palisade.v1` mode only the `data` of a message envelope reaches the application.
         let (msg, v1_mark) = match self.v1.is_some() {
             false => (msg, None),
-            true => match self.v1_message(msg, ctx).await? {
+            // Boxed (as is the session start below) so the connection's task, which holds
+            // the largest future it awaits for its whole life, stays small.
+            true => match Box::pin(self.v1_message(msg, ctx)).await? {
                 Some(data) => (data, Some(ctx.queued())),
                 None => return Ok(()),
             },
@@ -424,7 +426,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                     Message::Binary(_) => "",
                 };
                 match self.verify(token) {
-                    Ok(claims) => self.start_session(claims, ctx).await,
+                    Ok(claims) => Box::pin(self.start_session(claims, ctx)).await,
                     Err(e) if e.is_expired() => {
                         ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
                         Err(Close::policy("token expired"))

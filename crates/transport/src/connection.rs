@@ -241,7 +241,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let step = handler.on_open(ctx).await;
+    let step = Box::pin(handler.on_open(ctx)).await;
     if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
         return outcome;
     }
@@ -267,7 +267,7 @@ where
             _ = shutdown.cancelled() => {
                 let close = Close::new(close_code::GOING_AWAY, "server shutting down");
                 let prelude = handler.on_closing(&close);
-                return close_as_server(ws, close, prelude, cfg).await;
+                return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
             }
             _ = shared.notify.notified() => {
                 let (close, pushed) = {
@@ -278,7 +278,7 @@ where
                 };
                 if let Some(close) = close {
                     let prelude = handler.on_closing(&close);
-                    return close_as_server(ws, close, prelude, cfg).await;
+                    return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
                 }
                 for msg in pushed {
                     ctx.pending.push_back(handler.on_push(msg));
@@ -303,7 +303,7 @@ where
                             if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
                                 return outcome;
                             }
-                            return fail(ws, err, |c| handler.on_closing(c), cfg).await;
+                            return Box::pin(fail(ws, err, |c| handler.on_closing(c), cfg)).await;
                         }
                         Some(Ok(msg)) => msg,
                     };
@@ -325,9 +325,9 @@ where
                                 None => (None, String::new()),
                             };
                             // Reading on lets tungstenite send its reply and finish the handshake.
-                            let _ = timeout(cfg.close_timeout, async {
+                            let _ = Box::pin(timeout(cfg.close_timeout, async {
                                 while let Some(Ok(_)) = ws.next().await {}
-                            })
+                            }))
                             .await;
                             return Outcome::PeerClosed { code, reason };
                         }
@@ -348,11 +348,11 @@ where
             () = &mut timer => {
                 let now = Instant::now();
                 if now >= last_seen + cfg.idle_timeout {
-                    return fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg).await;
+                    return Box::pin(fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg)).await;
                 }
                 if ctx.deadline.is_some_and(|d| now >= d) {
                     ctx.deadline = None;
-                    let step = handler.on_deadline(ctx).await;
+                    let step = Box::pin(handler.on_deadline(ctx)).await;
                     if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
                         return outcome;
                     }
@@ -397,7 +397,7 @@ where
         Ok(()) => None,
         Err(close) => {
             let prelude = handler.on_closing(&close);
-            Some(close_as_server(ws, close, prelude, cfg).await)
+            Some(Box::pin(close_as_server(ws, close, prelude, cfg)).await)
         }
     }
 }
@@ -429,7 +429,7 @@ where
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => match ConnError::from_ws(e) {
             None => Err(Outcome::PeerClosed { code: None, reason: String::new() }),
-            Some(err) => Err(fail(ws, err, |_| None, cfg).await),
+            Some(err) => Err(Box::pin(fail(ws, err, |_| None, cfg)).await),
         },
         Err(_) => {
             Err(Outcome::Failed { error: ConnError::SlowConsumer("write timed out"), close: None })

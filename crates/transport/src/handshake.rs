@@ -105,14 +105,15 @@ pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,
 ) -> Result<RawRequest, HandshakeError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = stream.read(&mut chunk).await?;
+        // Read into the vector's spare room (no buffer on the stack, which would live in every
+        // connection's task).
+        buf.reserve(2048);
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(HandshakeError::PeerVanished);
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {

@@ -137,7 +137,7 @@ impl TransportConfig {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 64 * 1024,
             max_request_head_bytes: 8 * 1024,
-            read_buffer_bytes: 2 * 1024,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -116,8 +116,12 @@ pub async fn serve<E: Endpoint>(
     }
 }
 
+// The task of a connection holds its future for the connection's whole life, sized for the
+// largest state it can be in; so every stage that is done with (refusal, TLS accept, upgrade)
+// and the connection loop itself sit in their own boxes, and an idle connection keeps only
+// what it uses.
 async fn connection<E: Endpoint>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     info: ConnInfo,
     endpoint: Arc<E>,
     config: Arc<TransportConfig>,
@@ -127,32 +131,62 @@ async fn connection<E: Endpoint>(
     let admission = match endpoint.admit(info.peer) {
         Ok(a) => a,
         Err(Refusal::Drop) => return,
-        Err(Refusal::Http(rejection)) if config.tls.is_some() => {
-            // On a TLS port an HTTP answer costs a TLS handshake: spend no crypto on a client
-            // that is being turned away (e.g. over capacity), just close.
-            endpoint.handshake_failed(&info, &HandshakeError::NotAdmitted(rejection));
-            return;
-        }
         Err(Refusal::Http(rejection)) => {
-            // Answer politely but cheaply: a bounded read, then the error.
-            let _ = timeout(config.handshake_timeout.min(Duration::from_secs(2)), async {
-                let _ = handshake::read_request(&mut stream, config.max_request_head_bytes).await;
-                handshake::write_rejection(&mut stream, &rejection).await
-            })
-            .await;
-            endpoint.handshake_failed(&info, &HandshakeError::NotAdmitted(rejection));
-            return;
+            return Box::pin(refuse(stream, rejection, &info, &*endpoint, &config)).await;
         }
     };
     // One deadline covers the TLS handshake (when there is one) and the upgrade.
     let deadline = Instant::now() + config.handshake_timeout;
-    let Some(tls) = config.tls.clone() else {
-        return established(stream, deadline, info, admission, endpoint, config, shutdown).await;
-    };
-    let secured = timeout_at(deadline, tls::accept(stream, tls, config.max_request_head_bytes));
-    match secured.await {
+    match config.tls.clone() {
+        None => {
+            Box::pin(established(stream, deadline, info, admission, endpoint, config, shutdown))
+                .await
+        }
+        Some(tls) => {
+            Box::pin(secured(stream, tls, deadline, info, admission, endpoint, config, shutdown))
+                .await
+        }
+    }
+}
+
+/// Turns away a connection the endpoint did not admit.
+async fn refuse<E: Endpoint>(
+    mut stream: TcpStream,
+    rejection: Rejection,
+    info: &ConnInfo,
+    endpoint: &E,
+    config: &TransportConfig,
+) {
+    if config.tls.is_none() {
+        // Answer politely but cheaply: a bounded read, then the error. On a TLS port an HTTP
+        // answer would cost a TLS handshake: spend no crypto on a client that is being turned
+        // away (e.g. over capacity), just close.
+        let _ = timeout(config.handshake_timeout.min(Duration::from_secs(2)), async {
+            let _ = handshake::read_request(&mut stream, config.max_request_head_bytes).await;
+            handshake::write_rejection(&mut stream, &rejection).await
+        })
+        .await;
+    }
+    endpoint.handshake_failed(info, &HandshakeError::NotAdmitted(rejection));
+}
+
+/// The TLS handshake (by `deadline`), then the upgrade and the connection loop.
+#[allow(clippy::too_many_arguments)]
+async fn secured<E: Endpoint>(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    deadline: Instant,
+    info: ConnInfo,
+    admission: E::Admission,
+    endpoint: Arc<E>,
+    config: Arc<TransportConfig>,
+    shutdown: CancellationToken,
+) {
+    let accepted = timeout_at(deadline, tls::accept(stream, tls, config.max_request_head_bytes));
+    match accepted.await {
         Ok(Ok(stream)) => {
-            established(stream, deadline, info, admission, endpoint, config, shutdown).await
+            Box::pin(established(stream, deadline, info, admission, endpoint, config, shutdown))
+                .await
         }
         Ok(Err(e)) => endpoint.handshake_failed(&info, &e),
         Err(_) => endpoint.handshake_failed(&info, &HandshakeError::Timeout),
@@ -169,14 +203,16 @@ async fn established<E: Endpoint, S: AsyncRead + AsyncWrite + Unpin>(
     config: Arc<TransportConfig>,
     shutdown: CancellationToken,
 ) {
+    // Boxed: the upgrade's state is freed once it is done instead of sizing the task for good.
     let upgraded =
-        timeout_at(deadline, upgrade(stream, &info, &admission, &*endpoint, &config)).await;
+        timeout_at(deadline, Box::pin(upgrade(stream, &info, &admission, &*endpoint, &config)))
+            .await;
     let (ws, handler) = match upgraded {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return endpoint.handshake_failed(&info, &e),
         Err(_) => return endpoint.handshake_failed(&info, &HandshakeError::Timeout),
     };
-    connection::run(ws, info, &config, handler, shutdown).await;
+    Box::pin(connection::run(ws, info, &config, handler, shutdown)).await;
     drop(admission);
 }
 

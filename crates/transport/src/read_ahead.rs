@@ -2,11 +2,11 @@
 //!
 //! tungstenite reads at most `read_buffer_size` bytes per call (its per-connection buffer, 128
 //! KiB by default, which an idle connection keeps). Palisade gives it a small buffer
-//! ([`crate::TransportConfig::read_buffer_bytes`], 2 KiB by default) and puts this wrapper
+//! ([`crate::TransportConfig::read_buffer_bytes`], 1 KiB by default) and puts this wrapper
 //! under it: each socket read lands in one scratch buffer per worker thread (64 KiB), the part
 //! the caller has room for is handed over, and the rest waits in a per-connection spill vector
-//! that is freed again once it is drained and larger than a few KiB. An idle connection so holds
-//! only the small buffer; a busy one still moves up to 64 KiB per system call.
+//! that is freed again once it is drained. An idle connection so holds only the small buffer; a
+//! busy one still moves up to 64 KiB per system call.
 
 use std::cell::RefCell;
 use std::io;
@@ -17,9 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes one socket read may bring in.
 const SCRATCH_BYTES: usize = 64 * 1024;
-
-/// A drained spill vector up to this capacity is kept for the next burst; a larger one is freed.
-const KEEP_SPILL_BYTES: usize = 4 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
@@ -43,12 +40,9 @@ impl<S> ReadAhead<S> {
         out.put_slice(&self.spill[self.pos..self.pos + n]);
         self.pos += n;
         if self.pos == self.spill.len() {
+            // Freed, not kept: an idle connection holds no spill.
             self.pos = 0;
-            if self.spill.capacity() > KEEP_SPILL_BYTES {
-                self.spill = Vec::new();
-            } else {
-                self.spill.clear();
-            }
+            self.spill = Vec::new();
         }
     }
 }
@@ -132,7 +126,7 @@ mod tests {
             got.extend_from_slice(&chunk[..n]);
         }
         assert_eq!(got, data);
-        assert!(reader.spill.capacity() <= KEEP_SPILL_BYTES, "a large drained spill is freed");
+        assert_eq!(reader.spill.capacity(), 0, "a drained spill is freed");
     }
 
     #[tokio::test]
