@@ -292,6 +292,7 @@ where
                 let mut item = item;
                 let mut handled = 0;
                 let mut pong_queued = false;
+                let mut sent = Sent::default();
                 // Handle every message that is already buffered, then write all replies at once.
                 let step = loop {
                     let msg = match item {
@@ -300,8 +301,9 @@ where
                             let Some(err) = ConnError::from_ws(e) else {
                                 return Outcome::PeerClosed { code: None, reason: String::new() };
                             };
-                            if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
-                                return outcome;
+                            // Replies fed so far go out before the close frame.
+                            if sent.messages > 0 {
+                                handler.on_sent(sent.messages, sent.bytes);
                             }
                             return Box::pin(fail(ws, err, |c| handler.on_closing(c), cfg)).await;
                         }
@@ -317,8 +319,10 @@ where
                         }
                         WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
                         WsMessage::Close(frame) => {
-                            if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
-                                return outcome;
+                            // The replies fed before this close frame was read go out with
+                            // tungstenite's close reply (no data can follow a received close).
+                            if sent.messages > 0 {
+                                handler.on_sent(sent.messages, sent.bytes);
                             }
                             let (code, reason) = match frame {
                                 Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
@@ -332,8 +336,13 @@ where
                             return Outcome::PeerClosed { code, reason };
                         }
                     };
+                    // Fed now, before the next frame is read: if that is a close frame,
+                    // tungstenite refuses data after it but still writes what it holds.
+                    if let Err(outcome) = feed_pending(ws, ctx, &mut sent, cfg).await {
+                        return outcome;
+                    }
                     handled += 1;
-                    if step.is_err() || handled >= MAX_BATCH || ctx.pending.len() >= ctx.limit / 2 {
+                    if step.is_err() || handled >= MAX_BATCH {
                         break step;
                     }
                     match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
@@ -341,7 +350,7 @@ where
                         Poll::Pending => break step,
                     }
                 };
-                if let Some(outcome) = after_handler(ws, ctx, handler, step, pong_queued, cfg).await {
+                if let Some(outcome) = flush_sent(ws, handler, step, sent, pong_queued, cfg).await {
                     return outcome;
                 }
             }
@@ -382,15 +391,58 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    if !ctx.pending.is_empty() || flush {
-        let count = ctx.pending.len();
-        let bytes = ctx.pending.iter().map(Message::len).sum();
-        let batch = ctx.pending.drain(..).map(to_ws);
-        if let Err(outcome) = write_all(ws, batch, cfg).await {
+    let mut sent = Sent::default();
+    if let Err(outcome) = feed_pending(ws, ctx, &mut sent, cfg).await {
+        return Some(outcome);
+    }
+    flush_sent(ws, handler, step, sent, flush, cfg).await
+}
+
+/// Messages handed to tungstenite and not yet flushed: count and payload bytes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sent {
+    messages: usize,
+    bytes: usize,
+}
+
+/// Hands the handler's queued messages to tungstenite without flushing, counting them.
+async fn feed_pending<S>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &mut Context,
+    sent: &mut Sent,
+    cfg: &TransportConfig,
+) -> Result<(), Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if ctx.pending.is_empty() {
+        return Ok(());
+    }
+    sent.messages += ctx.pending.len();
+    sent.bytes += ctx.pending.iter().map(Message::len).sum::<usize>();
+    write(ws, ctx.pending.drain(..).map(to_ws), false, cfg).await
+}
+
+/// Flushes what was fed (or anyway with `flush`, e.g. for a queued pong), reports it to the
+/// handler, then closes if the handler asked to.
+async fn flush_sent<S, H>(
+    ws: &mut WebSocketStream<S>,
+    handler: &mut H,
+    step: Result<(), Close>,
+    sent: Sent,
+    flush: bool,
+    cfg: &TransportConfig,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    if sent.messages > 0 || flush {
+        if let Err(outcome) = write_all(ws, std::iter::empty(), cfg).await {
             return Some(outcome);
         }
-        if count > 0 {
-            handler.on_sent(count, bytes);
+        if sent.messages > 0 {
+            handler.on_sent(sent.messages, sent.bytes);
         }
     }
     match step {
@@ -418,11 +470,25 @@ async fn write_all<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    write(ws, msgs, true, cfg).await
+}
+
+/// Feeds messages into tungstenite's write buffer (which goes to the socket whenever it passes
+/// `write_buffer_bytes`) and, with `flush`, flushes it; all within the write timeout.
+async fn write<S>(
+    ws: &mut WebSocketStream<S>,
+    msgs: impl Iterator<Item = WsMessage>,
+    flush: bool,
+    cfg: &TransportConfig,
+) -> Result<(), Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let result = timeout(cfg.write_timeout, async {
         for m in msgs {
             ws.feed(m).await?;
         }
-        ws.flush().await
+        if flush { ws.flush().await } else { Ok(()) }
     })
     .await;
     match result {

@@ -448,3 +448,29 @@ async fn on_closing_message_precedes_every_server_close() {
     assert_eq!(next_text(&mut ws).await, "closing 1001 server shutting down");
     assert_eq!(close_code(&mut ws).await, Some(1001));
 }
+
+#[tokio::test]
+async fn pipelined_messages_then_a_close_get_every_reply_before_the_close() {
+    let s = start(|_| {}).await;
+    let mut ws = connect(s.addr).await;
+    // One write: 300 messages and the close frame, so the server reads them in batches and
+    // meets the close frame after replies it has not flushed yet.
+    for i in 0..300 {
+        ws.feed(WsMessage::text(format!("m{i}"))).await.unwrap();
+    }
+    ws.close(None).await.unwrap();
+    let mut replies = Vec::new();
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                WsMessage::Text(t) => replies.push(t.to_string()),
+                WsMessage::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.expect("no close within 5 s");
+    let expected: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    assert_eq!(replies, expected);
+    assert_eq!(wait_outcome(&s.rec).await, "peer None");
+}
