@@ -415,12 +415,22 @@ async fn feed_pending<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if ctx.pending.is_empty() {
-        return Ok(());
+    while let Some(msg) = ctx.pending.pop_front() {
+        sent.messages += 1;
+        sent.bytes += msg.len();
+        // Usually tungstenite's buffer has room: hand the message over without arming the write
+        // timer (one per message would cost more than the rest of the echo).
+        match poll_fn(|cx| Poll::Ready(ws.poll_ready_unpin(cx))).await {
+            Poll::Ready(Ok(())) => {
+                if let Err(e) = ws.start_send_unpin(to_ws(msg)) {
+                    return write_failed(ws, e, cfg).await;
+                }
+            }
+            Poll::Ready(Err(e)) => return write_failed(ws, e, cfg).await,
+            Poll::Pending => write(ws, std::iter::once(to_ws(msg)), false, cfg).await?,
+        }
     }
-    sent.messages += ctx.pending.len();
-    sent.bytes += ctx.pending.iter().map(Message::len).sum::<usize>();
-    write(ws, ctx.pending.drain(..).map(to_ws), false, cfg).await
+    Ok(())
 }
 
 /// Flushes what was fed (or anyway with `flush`, e.g. for a queued pong), reports it to the
@@ -493,13 +503,25 @@ where
     .await;
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => match ConnError::from_ws(e) {
-            None => Err(Outcome::PeerClosed { code: None, reason: String::new() }),
-            Some(err) => Err(Box::pin(fail(ws, err, |_| None, cfg)).await),
-        },
+        Ok(Err(e)) => write_failed(ws, e, cfg).await,
         Err(_) => {
             Err(Outcome::Failed { error: ConnError::SlowConsumer("write timed out"), close: None })
         }
+    }
+}
+
+/// How a connection ends after a write error.
+async fn write_failed<S>(
+    ws: &mut WebSocketStream<S>,
+    e: tokio_tungstenite::tungstenite::Error,
+    cfg: &TransportConfig,
+) -> Result<(), Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match ConnError::from_ws(e) {
+        None => Err(Outcome::PeerClosed { code: None, reason: String::new() }),
+        Some(err) => Err(Box::pin(fail(ws, err, |_| None, cfg)).await),
     }
 }
 
