@@ -68,7 +68,7 @@ pub fn echo_reply(prefix: &str, msg: Message) -> Message {
             let mut out = Vec::with_capacity(prefix.len() + b.len());
             out.extend_from_slice(prefix.as_bytes());
             out.extend_from_slice(&b);
-            Message::Binary(out)
+            Message::Binary(out.into())
         }
     }
 }

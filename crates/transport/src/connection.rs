@@ -110,7 +110,7 @@ impl Context {
     /// to wrap the replies an application queued in a subprotocol's envelope.
     pub fn map_queued(&mut self, from: usize, mut f: impl FnMut(Message) -> Message) {
         for slot in self.pending.iter_mut().skip(from) {
-            let msg = std::mem::replace(slot, Message::Binary(Vec::new()));
+            let msg = std::mem::replace(slot, Message::Binary(bytes::Bytes::new()));
             *slot = f(msg);
         }
     }
@@ -311,7 +311,7 @@ where
                     };
                     let step = match msg {
                         WsMessage::Text(t) => handler.on_message(Message::Text(t.as_str().to_owned()), ctx).await,
-                        WsMessage::Binary(b) => handler.on_message(Message::Binary(Vec::from(b)), ctx).await,
+                        WsMessage::Binary(b) => handler.on_message(Message::Binary(b), ctx).await,
                         // tungstenite has queued the pong; it goes out with the replies.
                         WsMessage::Ping(_) => {
                             pong_queued = true;
@@ -467,7 +467,7 @@ where
 fn to_ws(msg: Message) -> WsMessage {
     match msg {
         Message::Text(t) => WsMessage::Text(t.into()),
-        Message::Binary(b) => WsMessage::Binary(b.into()),
+        Message::Binary(b) => WsMessage::Binary(b),
     }
 }
 

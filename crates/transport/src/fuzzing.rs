@@ -197,7 +197,7 @@ impl Handler for FuzzHandler {
                 "push" => {
                     let handle = ctx.handle();
                     for _ in 0..8 {
-                        let _ = handle.send(Message::Binary(vec![0; 512]));
+                        let _ = handle.send(Message::Binary(vec![0; 512].into()));
                     }
                 }
                 _ => {}

@@ -155,8 +155,9 @@ impl TransportConfig {
 pub enum Message {
     /// A text message (always valid UTF-8).
     Text(String),
-    /// A binary message.
-    Binary(Vec<u8>),
+    /// A binary message: a [`bytes::Bytes`], so a payload moves between the socket buffers and
+    /// the application without a copy (`Vec<u8>` converts with `.into()`).
+    Binary(bytes::Bytes),
 }
 
 impl Message {

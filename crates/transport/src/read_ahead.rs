@@ -3,10 +3,11 @@
 //! tungstenite reads at most `read_buffer_size` bytes per call (its per-connection buffer, 128
 //! KiB by default, which an idle connection keeps). Palisade gives it a small buffer
 //! ([`crate::TransportConfig::read_buffer_bytes`], 1 KiB by default) and puts this wrapper
-//! under it: each socket read lands in one scratch buffer per worker thread (64 KiB), the part
-//! the caller has room for is handed over, and the rest waits in a per-connection spill vector
-//! that is freed again once it is drained. An idle connection so holds only the small buffer; a
-//! busy one still moves up to 64 KiB per system call.
+//! under it: each socket read lands in a 64 KiB scratch buffer of the worker thread, and the
+//! part the caller has room for is handed over. When more arrived than that, the scratch buffer
+//! itself becomes the connection's spill (no copy) and the thread starts a new one; a drained
+//! spill goes back to the thread (or is freed). An idle connection so holds only the small
+//! buffer, and a busy one still moves up to 64 KiB per system call.
 
 use std::cell::RefCell;
 use std::io;
@@ -19,13 +20,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const SCRATCH_BYTES: usize = 64 * 1024;
 
 thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A stream whose reads go through the thread's scratch buffer; writes pass straight through.
 #[derive(Debug)]
 pub(crate) struct ReadAhead<S> {
     inner: S,
+    /// Bytes read from the socket that the caller had no room for yet, from `pos` on.
     spill: Vec<u8>,
     pos: usize,
 }
@@ -40,9 +42,16 @@ impl<S> ReadAhead<S> {
         out.put_slice(&self.spill[self.pos..self.pos + n]);
         self.pos += n;
         if self.pos == self.spill.len() {
-            // Freed, not kept: an idle connection holds no spill.
+            // Drained: back to the thread if it has no scratch buffer, else freed. An idle
+            // connection holds no spill.
             self.pos = 0;
-            self.spill = Vec::new();
+            let mut done = std::mem::take(&mut self.spill);
+            done.clear();
+            SCRATCH.with_borrow_mut(|scratch| {
+                if scratch.capacity() < done.capacity() {
+                    *scratch = done;
+                }
+            });
         }
     }
 }
@@ -62,12 +71,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             return Pin::new(&mut this.inner).poll_read(cx, out);
         }
         SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(&mut scratch[..]);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
-            let got = buf.filled();
-            let n = got.len().min(out.remaining());
-            out.put_slice(&got[..n]);
-            this.spill.extend_from_slice(&got[n..]);
+            scratch.clear();
+            scratch.reserve(SCRATCH_BYTES);
+            // Reads into the vector's spare capacity: nothing to zero first.
+            ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, scratch))?;
+            let n = scratch.len().min(out.remaining());
+            out.put_slice(&scratch[..n]);
+            if n < scratch.len() {
+                // The rest stays with this connection, in this very buffer.
+                this.spill = std::mem::take(scratch);
+                this.pos = n;
+            }
             Poll::Ready(Ok(()))
         })
     }

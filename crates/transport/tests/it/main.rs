@@ -307,7 +307,7 @@ async fn client_that_stops_reading_is_closed_as_slow_consumer() {
     let ws = connect(s.addr).await;
     let handle = s.rec.handles.lock().unwrap()[0].clone();
     // The client never reads: pushes pile up until the queue or the write timeout gives.
-    let big = Message::Binary(vec![1u8; 60 * 1024]);
+    let big = Message::Binary(vec![1u8; 60 * 1024].into());
     let mut refused = false;
     for _ in 0..2000 {
         if handle.send(big.clone()).is_err() {

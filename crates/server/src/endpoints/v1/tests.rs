@@ -64,7 +64,7 @@ fn replies_are_wrapped_as_json_when_they_are_json() {
         r#"{"type":"message","data":"Server received: \"hi\""}"#
     );
     assert_eq!(wrap("{not json"), r#"{"type":"message","data":"{not json"}"#);
-    assert_eq!(wrap_reply(Message::Binary(vec![1, 2])), Message::Binary(vec![1, 2]));
+    assert_eq!(wrap_reply(Message::Binary(vec![1, 2].into())), Message::Binary(vec![1, 2].into()));
 }
 
 #[test]
