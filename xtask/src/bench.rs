@@ -20,11 +20,12 @@ use crate::process::{self, PalisadeProcess, mint};
 use crate::{cargo, root, status};
 
 pub(crate) const USAGE: &str = "\
-  bench [--quick] [--only S1,S2,...] [--reps N]
+  bench [--quick] [--only S1,S2,...] [--reps N] [--held N] [--write]
                            benchmarks against a tokio-tungstenite baseline in the same run
                            (release build, servers on core 0, load on core 1); writes
-                           docs/benchmarks.md and docs/benchmarks.json (--quick: ~1 minute,
-                           figures not written unless --write)
+                           docs/benchmarks.md and docs/benchmarks.json (--quick: ~3 minutes,
+                           nothing written unless --write); --held: connections held in S6
+                           (default 19000: each process needs that many open files)
 ";
 
 /// The servers under test.
@@ -95,6 +96,10 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--only" => {
                 let v = it.next().ok_or("--only needs a value such as S1,S5")?;
                 plan.only = Some(v.split(',').map(|s| s.trim().to_owned()).collect());
+            }
+            "--held" => {
+                let v = it.next().ok_or("--held needs a number of connections")?;
+                plan.hold_conns = v.parse().map_err(|_| format!("--held: not a number: {v:?}"))?;
             }
             "--reps" => {
                 let v = it.next().ok_or("--reps needs a number")?;
@@ -242,7 +247,7 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     status(build)?;
     let bins = target_dir().join("release");
     let work = process::temp_dir("bench")?;
-    let config = write_config(&work)?;
+    let config = write_config(&work, plan.hold_conns.max(plan.idle_conns) + 1000)?;
     let palisade = bins.join("palisade");
     let token = mint(&palisade, &config, "bench")?;
     let env = Env { bins, work: work.clone(), config, token };
@@ -296,8 +301,8 @@ fn target_dir() -> PathBuf {
 }
 
 /// The benchmark configuration: the defaults (every layer on), with the limits that would
-/// refuse a benchmark from one machine raised (per-IP caps and rates, session caps).
-fn write_config(work: &Path) -> Result<PathBuf, String> {
+/// refuse a benchmark from one machine raised (connection caps, per-IP rates, session caps).
+fn write_config(work: &Path, max_connections: usize) -> Result<PathBuf, String> {
     let secret = process::write_secret(work)?;
     let text = format!(
         "# Written by `cargo xtask bench`; see docs/benchmarks.md.\n\
@@ -305,9 +310,9 @@ fn write_config(work: &Path) -> Result<PathBuf, String> {
          [secure]\nlisten = \"127.0.0.1:0\"\nmax_sessions_per_user = 0\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [auth]\nsecret_file = {:?}\n\n\
-         [limits]\nmax_connections = 20000\n\n\
+         [limits]\nmax_connections = {max_connections}\n\n\
          # On, with rates one load generator on one address stays under.\n\
-         [firewall]\nmax_connections_per_ip = 20000\n\
+         [firewall]\nmax_connections_per_ip = {max_connections}\n\
          handshakes_per_sec_per_ip = 1000000\nhandshake_burst = 1000000\n\
          messages_per_sec = 1000000\nmessage_burst = 1000000\n\n\
          [log]\ndir = {:?}\nlevel = \"info\"\n",

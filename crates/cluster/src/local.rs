@@ -26,6 +26,8 @@ struct Inner {
     /// Keyed by [`revocation_key`]: one rule per `jti` and one per user.
     revocations: HashMap<String, Revocation>,
     sessions: HashMap<String, (SessionEntry, TokenFacts)>,
+    /// Sessions per user id, so the per-user cap costs no scan of every session.
+    per_user: HashMap<String, usize>,
 }
 
 /// The cache key (and the Redis key suffix) of a revocation: `jti:<jti>` or `user:<user_id>`.
@@ -33,6 +35,17 @@ pub(crate) fn revocation_key(r: &Revocation) -> String {
     match r {
         Revocation::Token { jti, .. } => format!("jti:{jti}"),
         Revocation::IssuedBefore { user_id, .. } => format!("user:{user_id}"),
+    }
+}
+
+impl Inner {
+    fn forget_user_session(&mut self, user_id: &str) {
+        if let Some(n) = self.per_user.get_mut(user_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(user_id);
+            }
+        }
     }
 }
 
@@ -194,15 +207,23 @@ impl Local {
 
     /// This node's sessions of `user_id`.
     pub(crate) fn sessions_of(&self, user_id: &str) -> usize {
-        self.lock().sessions.values().filter(|(e, _)| e.user_id == user_id).count()
+        self.lock().per_user.get(user_id).copied().unwrap_or(0)
     }
 
     pub(crate) fn add_session(&self, entry: SessionEntry, token: TokenFacts) {
-        self.lock().sessions.insert(entry.id.clone(), (entry, token));
+        let mut inner = self.lock();
+        let user_id = entry.user_id.clone();
+        if let Some((old, _)) = inner.sessions.insert(entry.id.clone(), (entry, token)) {
+            inner.forget_user_session(&old.user_id);
+        }
+        *inner.per_user.entry(user_id).or_default() += 1;
     }
 
     pub(crate) fn remove_session(&self, id: &str) -> Option<SessionEntry> {
-        self.lock().sessions.remove(id).map(|(e, _)| e)
+        let mut inner = self.lock();
+        let (entry, _) = inner.sessions.remove(id)?;
+        inner.forget_user_session(&entry.user_id);
+        Some(entry)
     }
 
     pub(crate) fn has_session(&self, id: &str) -> bool {

@@ -1,7 +1,7 @@
 //! The registry of authenticated sessions: who is connected, since when, until when, and a
 //! handle to push to or close each one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,7 +76,8 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<SessionId, Entry>,
-    by_user: HashMap<String, Vec<SessionId>>,
+    /// Session ids per user: a set, so ending one of a user's many sessions is O(1).
+    by_user: HashMap<String, HashSet<SessionId>>,
 }
 
 /// All sessions of this node. Cheap to clone.
@@ -104,7 +105,7 @@ impl SessionRegistry {
         if self.max_per_user > 0 && ids.len() >= self.max_per_user {
             return Err(TooManySessions { max: self.max_per_user });
         }
-        ids.push(info.id.clone());
+        ids.insert(info.id.clone());
         inner.sessions.insert(info.id.clone(), Entry { info, handle });
         Ok(())
     }
@@ -115,7 +116,7 @@ impl SessionRegistry {
         if let Some(entry) = inner.sessions.remove(id)
             && let Some(ids) = inner.by_user.get_mut(&entry.info.user_id)
         {
-            ids.retain(|x| x != id);
+            ids.remove(id);
             if ids.is_empty() {
                 inner.by_user.remove(&entry.info.user_id);
             }
@@ -174,7 +175,7 @@ impl SessionRegistry {
     pub fn send_to_user(&self, user_id: &str, msg: &Message) -> usize {
         let handles: Vec<ConnHandle> = {
             let inner = self.lock();
-            let ids = inner.by_user.get(user_id).map(Vec::as_slice).unwrap_or(&[]);
+            let Some(ids) = inner.by_user.get(user_id) else { return 0 };
             ids.iter().filter_map(|id| inner.sessions.get(id)).map(|e| e.handle.clone()).collect()
         };
         handles.iter().filter(|h| h.send(msg.clone()).is_ok()).count()
