@@ -256,6 +256,11 @@ where
     let mut armed = next_ping.min(last_seen + cfg.idle_timeout);
     let timer = sleep_until(armed);
     tokio::pin!(timer);
+    // Created once, not per turn of the loop: registering a waiter takes a lock.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let notified = shared.notify.notified();
+    tokio::pin!(notified);
     loop {
         let wake = next_ping.min(last_seen + cfg.idle_timeout).min(ctx.deadline.unwrap_or(far));
         if wake < armed || timer.is_elapsed() {
@@ -264,12 +269,13 @@ where
         }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
+            () = &mut cancelled => {
                 let close = Close::new(close_code::GOING_AWAY, "server shutting down");
                 let prelude = handler.on_closing(&close);
                 return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
             }
-            _ = shared.notify.notified() => {
+            () = &mut notified => {
+                notified.set(shared.notify.notified());
                 let (close, pushed) = {
                     let mut inbox = shared.lock();
                     let room = ctx.limit.saturating_sub(ctx.pending.len());
