@@ -131,7 +131,7 @@ struct Sample {
     p999_us: f64,
     /// Server RSS growth per connection (idle scenarios), bytes.
     bytes_per_conn: f64,
-    /// Server RSS at the end, KiB.
+    /// Server RSS, KiB: with every connection up (idle scenarios), else at the end of the run.
     rss_kib: f64,
     connections: f64,
     errors: f64,
@@ -438,6 +438,7 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
             }
             Some("ready") => {
                 let rss = rss_kib(pid)?;
+                sample.rss_kib = rss;
                 let conns = field(&line, "connections").unwrap_or(0.0);
                 sample.connections = conns;
                 if conns > 0.0 {
@@ -450,7 +451,9 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
     }
     let _ = load.wait();
     let line = result.unwrap_or_default();
-    sample.rss_kib = rss_kib(pid).unwrap_or(0.0);
+    if !sc.idle {
+        sample.rss_kib = rss_kib(pid).unwrap_or(0.0);
+    }
     server.stop()?;
     sample.errors = field(&line, "errors").unwrap_or(0.0);
     sample.first_error = field_str(&line, "first_error");
@@ -637,7 +640,7 @@ impl Report<'_> {
             let base = Self::baseline(&rows);
             let _ = writeln!(out, "### {} — {}\n", sc.id, sc.title);
             if sc.idle {
-                out.push_str("| server | connections | KiB per connection | server RSS MiB | ratio to baseline | errors |\n");
+                out.push_str("| server | connections | KiB per connection | server RSS MiB, all connected | ratio to baseline | errors |\n");
                 out.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
                 for r in &rows {
                     let ratio = base
