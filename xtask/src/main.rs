@@ -374,6 +374,14 @@ fn deny(offline: bool) -> Result<(), String> {
              (see docs/dependencies.md)"
             .into());
     }
+    if offline {
+        // `cargo deny --frozen` reads every package of the lock file, for every platform, and a
+        // build downloads only this platform's: fetch the locked versions of the rest first
+        // (from the registry, no resolution, nothing newer).
+        let mut fetch = cargo();
+        fetch.args(["fetch", "--locked", "--quiet"]);
+        status(fetch)?;
+    }
     let mut c = cargo();
     c.args(["deny", if offline { "--frozen" } else { "--locked" }]);
     c.args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"]);
