@@ -214,3 +214,21 @@ fn logged_url_hides_credentials() {
     assert_eq!(c.redacted_url(), "redis://cache.example:6379/2");
     assert!(!format!("{c:?}").contains("s3cret"));
 }
+
+#[test]
+fn sessions_per_user_are_counted_through_adds_replacements_and_removals() {
+    let local = Local::default();
+    local.add_session(entry("s1", "alice"), facts(None, None));
+    local.add_session(entry("s2", "alice"), facts(None, None));
+    local.add_session(entry("s3", "bob"), facts(None, None));
+    assert_eq!(local.sessions_of("alice"), 2);
+    // The same id again replaces the entry; moving it to another user moves the count.
+    local.add_session(entry("s2", "bob"), facts(None, None));
+    assert_eq!((local.sessions_of("alice"), local.sessions_of("bob")), (1, 2));
+    assert!(local.remove_session("s1").is_some());
+    assert!(local.remove_session("s1").is_none(), "already gone");
+    assert_eq!((local.sessions_of("alice"), local.sessions_of("bob")), (0, 2));
+    local.remove_session("s2");
+    local.remove_session("s3");
+    assert_eq!(local.sessions_of("bob"), 0);
+}

@@ -474,3 +474,38 @@ async fn pipelined_messages_then_a_close_get_every_reply_before_the_close() {
     assert_eq!(replies, expected);
     assert_eq!(wait_outcome(&s.rec).await, "peer None");
 }
+
+/// A masked client frame (FIN set) with a payload under 126 bytes.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+#[tokio::test]
+async fn replies_handled_before_a_protocol_error_go_out_before_its_1007() {
+    let s = start(|_| {}).await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Two good messages and invalid UTF-8 in one write: read and handled as one batch.
+    let mut frames = masked_frame(0x1, b"one");
+    frames.extend(masked_frame(0x1, b"two"));
+    frames.extend(masked_frame(0x1, &[0xff, 0xfe]));
+    tcp.write_all(&frames).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("upgrade answer") + 4;
+    assert!(out.starts_with(b"HTTP/1.1 101"));
+    let body = &out[head_end..];
+    // Server frames are unmasked: text "one", text "two", then close 1007.
+    assert!(body.starts_with(b"\x81\x03one\x81\x03two\x88"), "{body:?}");
+    assert_eq!(&body[12..14], &1007u16.to_be_bytes(), "close code after the 0x88 header");
+    assert!(wait_outcome(&s.rec).await.starts_with("failed invalid_utf8 Some(1007)"));
+}
