@@ -19,6 +19,7 @@ use palisade_transport::{
 
 use crate::app::{Handler, Peer};
 use crate::audit::{self, Audit};
+use crate::close_cause::{CloseCause, Failure, Level};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
 pub(crate) mod v1;
@@ -295,8 +296,14 @@ impl<H: Handler> Conn<H> {
         if self.state.cluster.is_revoked(&claims) {
             self.state.metrics.auth(self.kind.name(), "revoked");
             tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %claims.user_id, kind = "token_revoked", "authentication refused: the token has been revoked");
+            if let Some(v1) = &mut self.v1 {
+                return Err(v1.fail_with(Failure::new(
+                    CloseCause::TokenRevoked,
+                    "the token has been revoked",
+                )));
+            }
             ctx.send(Message::Text(replies::INVALID_TOKEN.into()))?;
-            return Err(Close::policy("token revoked"));
+            return Err(CloseCause::TokenRevoked.close());
         }
         let leeway = self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0);
         let expires_at = claims.exp.map(|e| e.saturating_add(leeway));
@@ -311,12 +318,12 @@ impl<H: Handler> Conn<H> {
         };
         if let Err(e) = self.state.sessions.register(info.clone(), ctx.handle()) {
             tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", error = %e, "session refused");
-            return Err(Close::policy("too many sessions for this user"));
+            return Err(CloseCause::TooManySessions.close());
         }
         if let Err(max) = self.state.cluster.open(&info, &claims).await {
             self.state.sessions.unregister(&info.id);
             tracing::warn!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), user_id = %info.user_id, kind = "too_many_sessions", max, "session refused: the user's sessions on all nodes reach the cap");
-            return Err(Close::policy("too many sessions for this user"));
+            return Err(CloseCause::TooManySessions.close());
         }
         self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
         self.auth = Auth::Session { id: info.id.clone(), expires_at };
@@ -345,17 +352,17 @@ impl<H: Handler> Conn<H> {
                 self.state.metrics.close_received(endpoint, code.unwrap_or(1005));
                 tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = code.unwrap_or(close_code::NORMAL), reason = %reason, "closed by client");
             }
-            Outcome::ServerClosed(close) => match close.code {
-                close_code::NORMAL => {
+            Outcome::ServerClosed(close) => match CloseCause::of(close).level() {
+                Level::Debug => {
                     tracing::debug!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = close.code, "closed");
                 }
-                close_code::GOING_AWAY => {
+                Level::Info => {
                     tracing::info!(conn = %info.id, peer = %info.peer, endpoint, user_id, close_code = close.code, reason = %close.reason, "closed: going away");
                 }
-                close_code::POLICY_VIOLATION | close_code::TRY_AGAIN_LATER => {
+                Level::Warn => {
                     tracing::warn!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = "policy", close_code = close.code, reason = %close.reason, "closed by policy");
                 }
-                _ => {
+                Level::Error => {
                     tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = "server", close_code = close.code, reason = %close.reason, "closed with error");
                 }
             },
@@ -406,8 +413,16 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
 
     async fn on_message(&mut self, msg: Message, ctx: &mut Context) -> Result<(), Close> {
         self.metrics.message_in(msg.len());
-        if !self.limiter.check(Instant::now()).is_allow() {
-            return Err(Close::policy("rate limit exceeded"));
+        let decision = self.limiter.check(Instant::now());
+        if !decision.is_allow() {
+            let mut failure = Failure::new(CloseCause::RateLimited, "too many messages; slow down");
+            if let Decision::Throttle { retry_after } = decision {
+                failure = failure.retry_after(retry_after);
+            }
+            return Err(match &mut self.v1 {
+                Some(v1) => v1.fail_with(failure),
+                None => CloseCause::RateLimited.close(),
+            });
         }
         // In `palisade.v1` mode only the `data` of a message envelope reaches the application.
         let (msg, v1_mark) = match self.v1.is_some() {
@@ -429,11 +444,11 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                     Ok(claims) => Box::pin(self.start_session(claims, ctx)).await,
                     Err(e) if e.is_expired() => {
                         ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
-                        Err(Close::policy("token expired"))
+                        Err(CloseCause::TokenExpired.close())
                     }
                     Err(_) => {
                         ctx.send(Message::Text(replies::INVALID_TOKEN.into()))?;
-                        Err(Close::policy("invalid token"))
+                        Err(CloseCause::InvalidToken.close())
                     }
                 }
             }
@@ -460,7 +475,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
             Auth::Waiting => {
                 self.state.metrics.auth(self.kind.name(), "timeout");
                 self.state.audit.record(|| audit::auth_failed(&self.peer, "timeout", None));
-                Err(Close::policy("authentication timeout"))
+                Err(CloseCause::AuthTimeout.close())
             }
             Auth::Session { expires_at: Some(at), .. } => {
                 if unix_now() < *at {
@@ -469,7 +484,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                     return Ok(());
                 }
                 ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
-                Err(Close::policy("token expired"))
+                Err(CloseCause::TokenExpired.close())
             }
             _ => Ok(()),
         }

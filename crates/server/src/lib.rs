@@ -33,6 +33,7 @@ pub mod sessions;
 pub mod tls;
 
 mod admin;
+mod close_cause;
 mod cluster;
 mod dashboard;
 mod endpoints;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use palisade_transport::{Close, ConnHandle, ConnId, Message};
+use palisade_transport::{ConnHandle, ConnId, Message};
 use rand::RngCore;
 use serde::Serialize;
 
@@ -152,7 +152,7 @@ impl SessionRegistry {
     pub fn revoke(&self, id: &SessionId) -> bool {
         match self.lock().sessions.get(id) {
             Some(e) => {
-                e.handle.close(Close::policy("session revoked"));
+                e.handle.close(crate::close_cause::CloseCause::Revoked.close());
                 true
             }
             None => false,
@@ -165,7 +165,7 @@ impl SessionRegistry {
         let ids = inner.by_user.get(user_id).cloned().unwrap_or_default();
         for id in &ids {
             if let Some(e) = inner.sessions.get(id) {
-                e.handle.close(Close::policy("session revoked"));
+                e.handle.close(crate::close_cause::CloseCause::Revoked.close());
             }
         }
         ids.len()

@@ -393,6 +393,10 @@ async fn every_close_from_the_server_is_preceded_by_an_error_envelope() {
                 Frame::Envelope(v) if v["type"] == "message" => continue,
                 Frame::Envelope(v) if v["type"] == "error" => {
                     assert_eq!(v["reason"], "rate_limited");
+                    // The advice, and the firewall's delay (1 message/s: at most a second).
+                    assert_eq!(v["reconnect"], "backoff", "{v}");
+                    let after = v["retry_after_ms"].as_u64().expect("retry_after_ms");
+                    assert!((1..=1000).contains(&after), "{v}");
                     break;
                 }
                 other => panic!("expected replies then rate_limited, got {other:?}"),
@@ -403,19 +407,26 @@ async fn every_close_from_the_server_is_preceded_by_an_error_envelope() {
         // Message over the size limit.
         let mut ws = authenticated(&server, "2").await;
         send(&mut ws, &json!({"type": "message", "data": "x".repeat(2000)})).await;
-        expect_error_then_close(&mut ws, "message_too_big", 1009, "message too big").await;
+        let v = expect_type(&mut ws, "error").await;
+        assert_eq!((&v["reason"], &v["reconnect"]), (&json!("message_too_big"), &json!("never")));
+        assert!(v.get("retry_after_ms").is_none(), "{v}");
+        expect_close(&mut ws, 1009, "message too big").await;
 
         // Revocation through the admin API.
         let (mut ws, env) = authenticated_at(&server, "3", now() + 600).await;
         let id = env["session_id"].as_str().expect("session_id").to_owned();
         let (status, _) = http(server.admin, "DELETE", &format!("/sessions/{id}")).await;
         assert!((200..300).contains(&status), "revoke answered {status}");
-        expect_error_then_close(&mut ws, "revoked", 1008, "session revoked").await;
+        let v = expect_type(&mut ws, "error").await;
+        assert_eq!((&v["reason"], &v["reconnect"]), (&json!("revoked"), &json!("never")));
+        expect_close(&mut ws, 1008, "session revoked").await;
 
         // Shutdown.
         let mut ws = authenticated(&server, "4").await;
         server.terminate();
-        expect_error_then_close(&mut ws, "shutting_down", 1001, "server shutting down").await;
+        let v = expect_type(&mut ws, "error").await;
+        assert_eq!((&v["reason"], &v["reconnect"]), (&json!("shutting_down"), &json!("backoff")));
+        expect_close(&mut ws, 1001, "server shutting down").await;
     })
     .await;
 }

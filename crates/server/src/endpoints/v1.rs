@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::{Auth, Conn};
 use crate::app::Handler;
+use crate::close_cause::{CloseCause, Failure};
 use crate::config::Config;
 use crate::sessions::{SessionInfo, unix_now};
 
@@ -69,13 +70,6 @@ pub(crate) struct V1 {
     warned: bool,
     /// What the error envelope before the coming close says, when this module decided it.
     closing: Option<Failure>,
-}
-
-/// The error envelope's `reason` and `detail`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Failure {
-    pub(crate) reason: &'static str,
-    pub(crate) detail: String,
 }
 
 /// Why a session ends at its deadline.
@@ -149,42 +143,34 @@ impl V1 {
     }
 
     /// Remembers what the error envelope before the coming close says, and returns the close.
-    fn fail(&mut self, reason: &'static str, detail: impl Into<String>, close: Close) -> Close {
-        self.closing = Some(Failure { reason, detail: detail.into() });
+    fn fail(&mut self, cause: CloseCause, detail: impl Into<String>) -> Close {
+        self.closing = Some(Failure::new(cause, detail));
+        cause.close()
+    }
+
+    /// Remembers a failure decided by the endpoint (e.g. a rate limit with its delay), and
+    /// returns its close.
+    pub(crate) fn fail_with(&mut self, failure: Failure) -> Close {
+        let close = failure.cause.close();
+        self.closing = Some(failure);
         close
     }
 
     /// The error envelope sent right before `close`: the failure this module decided, or one
     /// derived from the close code and reason for closes decided elsewhere.
     pub(crate) fn closing(&mut self, close: &Close) -> Message {
-        let failure = self.closing.take().unwrap_or_else(|| failure_for(close));
-        error_envelope(failure.reason, &failure.detail)
+        self.closing_with(close, None)
     }
-}
 
-/// The error envelope for a close decided outside this module (transport, registry, firewall).
-pub(crate) fn failure_for(close: &Close) -> Failure {
-    let reason = match (close.code, close.reason.as_ref()) {
-        (close_code::NORMAL, _) => "closing",
-        (close_code::GOING_AWAY, "server shutting down") => "shutting_down",
-        (close_code::GOING_AWAY, "idle timeout") => "idle_timeout",
-        (close_code::GOING_AWAY, _) => "going_away",
-        (close_code::PROTOCOL_ERROR, _) => "protocol_error",
-        (close_code::INVALID_PAYLOAD, _) => "invalid_utf8",
-        (close_code::MESSAGE_TOO_BIG, _) => "message_too_big",
-        (close_code::INTERNAL_ERROR, _) => "internal_error",
-        (close_code::TRY_AGAIN_LATER, _) => "over_capacity",
-        (close_code::POLICY_VIOLATION, "rate limit exceeded") => "rate_limited",
-        (close_code::POLICY_VIOLATION, "session revoked") => "revoked",
-        (close_code::POLICY_VIOLATION, "slow consumer") => "slow_consumer",
-        (close_code::POLICY_VIOLATION, "authentication timeout") => "auth_timeout",
-        (close_code::POLICY_VIOLATION, "too many sessions for this user") => "too_many_sessions",
-        (close_code::POLICY_VIOLATION, _) => "policy",
-        _ => "closed",
-    };
-    let detail =
-        if close.reason.is_empty() { reason.replace('_', " ") } else { close.reason.to_string() };
-    Failure { reason, detail }
+    /// [`V1::closing`], with the delay after which the client may reconnect when the closing
+    /// path knows one (a shutdown spreading its reconnects): sent as `retry_after_ms`.
+    pub(crate) fn closing_with(&mut self, close: &Close, retry_after: Option<Duration>) -> Message {
+        let mut failure = self.closing.take().unwrap_or_else(|| Failure::for_close(close));
+        if let Some(after) = retry_after {
+            failure = failure.retry_after(after);
+        }
+        close_envelope(&failure)
+    }
 }
 
 /// A client envelope.
@@ -251,7 +237,14 @@ enum Outgoing<'a> {
     Message { data: &'a RawValue },
     Expiring { in_secs: u64 },
     Refreshed { exp: Option<u64> },
-    Error { reason: &'a str, detail: &'a str },
+    Error {
+        reason: &'a str,
+        detail: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
 }
 
 fn envelope(env: &Outgoing<'_>) -> Message {
@@ -262,9 +255,19 @@ fn envelope(env: &Outgoing<'_>) -> Message {
     }
 }
 
-/// An `error` envelope.
+/// An `error` envelope that closes nothing (a bad envelope, a refused refresh).
 pub(crate) fn error_envelope(reason: &str, detail: &str) -> Message {
-    envelope(&Outgoing::Error { reason, detail })
+    envelope(&Outgoing::Error { reason, detail, reconnect: None, retry_after_ms: None })
+}
+
+/// The `error` envelope before a close: the cause's name and reconnect advice.
+pub(crate) fn close_envelope(failure: &Failure) -> Message {
+    envelope(&Outgoing::Error {
+        reason: failure.cause.error_name(),
+        detail: &failure.detail,
+        reconnect: Some(failure.cause.advice().as_str()),
+        retry_after_ms: failure.retry_after_ms,
+    })
 }
 
 /// Wraps an application reply or push in a `message` envelope: text that is JSON is embedded as
@@ -339,26 +342,21 @@ impl<H: Handler> Conn<H> {
                 )
                 .map(|()| None),
             (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).map(|()| None),
-            (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self.v1_state()?.fail(
-                "not_authenticated",
-                "send an `auth` envelope first",
-                Close::policy("authentication required"),
-            )),
+            (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self
+                .v1_state()?
+                .fail(CloseCause::NotAuthenticated, "send an `auth` envelope first")),
         }
     }
 
     async fn v1_auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
         match self.verify(token) {
             Ok(claims) => self.start_session(claims, ctx).await,
-            Err(e) if e.is_expired() => Err(self.v1_state()?.fail(
-                "token_expired",
-                "the token has expired",
-                Close::policy("token expired"),
-            )),
+            Err(e) if e.is_expired() => {
+                Err(self.v1_state()?.fail(CloseCause::TokenExpired, "the token has expired"))
+            }
             Err(_) => Err(self.v1_state()?.fail(
-                "invalid_token",
+                CloseCause::InvalidToken,
                 "the token was refused (the server log names the failed check)",
-                Close::policy("invalid token"),
             )),
         }
     }
@@ -418,9 +416,8 @@ impl<H: Handler> Conn<H> {
             let max = v1.settings.max_session_secs;
             tracing::warn!(%conn, %peer, endpoint, user_id = %user_id, kind = "session_too_long", "refresh refused: it would carry the session past auth.max_session_secs");
             return Err(v1.fail(
-                "session_too_long",
+                CloseCause::SessionTooLong,
                 format!("the refresh token would carry the session past its {max} s limit"),
-                Close::policy("session too long"),
             ));
         }
         v1.set_token(claims.exp);
@@ -449,11 +446,9 @@ impl<H: Handler> Conn<H> {
         v1.failed_refreshes += 1;
         if v1.failed_refreshes >= MAX_FAILED_REFRESHES {
             let n = v1.failed_refreshes;
-            return Err(v1.fail(
-                "too_many_failed_refreshes",
-                format!("{detail}; {n} refreshes failed"),
-                Close::policy("too many failed refreshes"),
-            ));
+            return Err(
+                v1.fail(CloseCause::TooManyFailedRefreshes, format!("{detail}; {n} refreshes failed"))
+            );
         }
         ctx.send(error_envelope(reason, detail))
     }
@@ -465,9 +460,8 @@ impl<H: Handler> Conn<H> {
         let n = v1.bad_envelopes;
         if n >= v1.settings.close_after_bad_envelopes {
             return Err(v1.fail(
-                "bad_envelope",
+                CloseCause::BadEnvelopes,
                 format!("{detail}; closing after {n} bad envelopes"),
-                Close::policy("too many bad envelopes"),
             ));
         }
         ctx.send(error_envelope("bad_envelope", &detail))
@@ -478,16 +472,14 @@ impl<H: Handler> Conn<H> {
         let v1 = self.v1_state()?;
         match v1.next_event() {
             Some((at, Event::End(End::TokenExpired))) if reached(at) => Err(v1.fail(
-                "token_expired",
+                CloseCause::TokenExpired,
                 "the token has expired; reconnect with a fresh one",
-                Close::policy("token expired"),
             )),
             Some((at, Event::End(End::SessionTooLong))) if reached(at) => {
                 let max = v1.settings.max_session_secs;
                 Err(v1.fail(
-                    "session_too_long",
+                    CloseCause::SessionTooLong,
                     format!("the session reached its {max} s limit; reconnect"),
-                    Close::policy("session too long"),
                 ))
             }
             Some((at, Event::Warn)) if reached(at) => {

@@ -2,7 +2,8 @@
 
 use palisade_transport::{Close, Message};
 
-use super::{End, Envelope, Event, Settings, V1, failure_for, parse, wrap_reply};
+use super::{End, Envelope, Event, Settings, V1, parse, wrap_reply};
+use crate::close_cause::Failure;
 
 fn settings(max_session_secs: u64, expiry_warning_secs: u64) -> Settings {
     Settings { max_session_secs, expiry_warning_secs, close_after_bad_envelopes: 3 }
@@ -69,7 +70,8 @@ fn replies_are_wrapped_as_json_when_they_are_json() {
 
 #[test]
 fn closes_map_to_error_reasons() {
-    let reason = |code, text: &'static str| failure_for(&Close::new(code, text)).reason;
+    let reason =
+        |code, text: &'static str| Failure::for_close(&Close::new(code, text)).cause.error_name();
     assert_eq!(reason(1001, "server shutting down"), "shutting_down");
     assert_eq!(reason(1001, "idle timeout"), "idle_timeout");
     assert_eq!(reason(1002, "protocol error"), "protocol_error");
@@ -80,7 +82,7 @@ fn closes_map_to_error_reasons() {
     assert_eq!(reason(1008, "authentication timeout"), "auth_timeout");
     assert_eq!(reason(1008, "something else"), "policy");
     assert_eq!(reason(1003, "chat accepts text only"), "closed");
-    let f = failure_for(&Close::new(1003, "chat accepts text only"));
+    let f = Failure::for_close(&Close::new(1003, "chat accepts text only"));
     assert_eq!(f.detail, "chat accepts text only");
 }
 
