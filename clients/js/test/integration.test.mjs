@@ -4,7 +4,7 @@
 import { afterEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { PalisadeClient } from "../dist/index.js";
-import { admin, next, sleep, startServer, token } from "./support.mjs";
+import { WebSocketImpl, admin, next, sleep, startServer, token } from "./support.mjs";
 
 const fast = { baseMs: 50, capMs: 400 };
 
@@ -22,6 +22,7 @@ function connect(server, opts = {}) {
       return (opts.token ?? (() => token("42", 600)))(reason);
     },
     backoff: fast,
+    WebSocket: WebSocketImpl,
     ...opts.client,
   });
   open.push(c);

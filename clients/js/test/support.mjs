@@ -7,6 +7,9 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 
+/** The WebSocket the tests inject: node's standard one, else the `ws` package's. */
+export const WebSocketImpl = globalThis.WebSocket ?? (await import("ws")).WebSocket;
+
 export const SECRET = "integration-test-secret-that-is-long-enough-0123456789";
 
 const here = dirname(fileURLToPath(import.meta.url));
