@@ -71,6 +71,7 @@ fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(crate::dashboard::page_routes())
+        .merge(crate::examples::routes())
         .merge(protected)
         .with_state(state)
 }

@@ -37,5 +37,6 @@ mod close_cause;
 mod cluster;
 mod dashboard;
 mod endpoints;
+mod examples;
 
 pub use endpoints::replies;

@@ -405,6 +405,42 @@ async fn bounded(test: impl Future<Output = ()>) {
         .unwrap_or_else(|_| panic!("test took longer than {TEST_LIMIT:?}"));
 }
 
+/// The `/examples/chat` page runs the official TypeScript client (clients/js/dist, embedded in
+/// the server) in Chromium against the secure endpoint: authentication, an echo round trip, and
+/// a revocation through the admin API that stops the client for good (advice `never`).
+#[tokio::test]
+async fn example_chat_page_runs_the_typescript_client_in_chromium() {
+    bounded(async {
+        let server = Server::start("");
+        let page = http(server.admin, "GET", "/examples/chat", &[], "").await;
+        assert_eq!(page.status, 200, "{page:?}");
+        let client = http(server.admin, "GET", "/examples/palisade-client/index.js", &[], "").await;
+        assert!(client.body.contains("class PalisadeClient"), "the embedded client");
+        let Some(browser) = Browser::start().await else { return };
+        let token = server.token("alice", 600);
+        let url = format!(
+            "http://{}/examples/chat#ws=ws://{}/&token={token}",
+            server.admin, server.secure
+        );
+        browser.client.goto(&url).await.expect("open the example page");
+        browser.wait_text("state", "the client to authenticate", |t| t == "open").await;
+        browser.fill("text", "hello from chromium").await;
+        browser.click("#send").await;
+        let want = r#"Server received: {"text":"hello from chromium"}"#;
+        browser.wait_text("log", "the echo", |t| t.contains(want)).await;
+
+        let id = session_id_of(&server, "alice").await;
+        let revoked = http(server.admin, "DELETE", &format!("/sessions/{id}"), &[], "").await;
+        assert!((200..300).contains(&revoked.status), "{revoked:?}");
+        browser.wait_text("state", "the client to stop", |t| t == "closed").await;
+        let log = browser.text("log").await;
+        assert!(log.contains("stopped: revoked") && log.contains("advice never"), "{log}");
+        browser.assert_console_clean().await;
+        browser.quit().await;
+    })
+    .await;
+}
+
 /// The id of `user_id`'s session, from `GET /sessions`.
 async fn session_id_of(server: &Server, user_id: &str) -> String {
     let body = http(server.admin, "GET", "/sessions", &[], "").await.body;
