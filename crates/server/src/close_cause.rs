@@ -183,9 +183,7 @@ impl CloseCause {
                 row(SERVICE_RESTART, "server restarting", "restarting", Backoff, Info)
             }
             CloseCause::GoingAway => row(GOING_AWAY, "", "going_away", Backoff, Info),
-            CloseCause::OverCapacity => {
-                row(TRY_AGAIN_LATER, "", "over_capacity", Backoff, Warn)
-            }
+            CloseCause::OverCapacity => row(TRY_AGAIN_LATER, "", "over_capacity", Backoff, Warn),
             CloseCause::ProtocolError => {
                 row(PROTOCOL_ERROR, "protocol error", "protocol_error", Never, Error)
             }

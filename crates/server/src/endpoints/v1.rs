@@ -233,10 +233,20 @@ fn truncate(s: &str, max: usize) -> &str {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Outgoing<'a> {
-    Authenticated { session_id: &'a str, user_id: &'a str, exp: Option<u64> },
-    Message { data: &'a RawValue },
-    Expiring { in_secs: u64 },
-    Refreshed { exp: Option<u64> },
+    Authenticated {
+        session_id: &'a str,
+        user_id: &'a str,
+        exp: Option<u64>,
+    },
+    Message {
+        data: &'a RawValue,
+    },
+    Expiring {
+        in_secs: u64,
+    },
+    Refreshed {
+        exp: Option<u64>,
+    },
     Error {
         reason: &'a str,
         detail: &'a str,
@@ -446,9 +456,10 @@ impl<H: Handler> Conn<H> {
         v1.failed_refreshes += 1;
         if v1.failed_refreshes >= MAX_FAILED_REFRESHES {
             let n = v1.failed_refreshes;
-            return Err(
-                v1.fail(CloseCause::TooManyFailedRefreshes, format!("{detail}; {n} refreshes failed"))
-            );
+            return Err(v1.fail(
+                CloseCause::TooManyFailedRefreshes,
+                format!("{detail}; {n} refreshes failed"),
+            ));
         }
         ctx.send(error_envelope(reason, detail))
     }

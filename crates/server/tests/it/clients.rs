@@ -54,7 +54,9 @@ fn run(dir: &Path, program: &str, args: &[&str]) {
     let output = std::fs::read_to_string(log.path()).unwrap_or_default();
     match status {
         Some(s) if s.success() => eprintln!("{program} {}: ok", args.join(" ")),
-        Some(s) => panic!("`{program} {}` in {} failed ({s}):\n{output}", args.join(" "), dir.display()),
+        Some(s) => {
+            panic!("`{program} {}` in {} failed ({s}):\n{output}", args.join(" "), dir.display())
+        }
         None => panic!("`{program} {}` took over {STEP_LIMIT:?}:\n{output}", args.join(" ")),
     }
 }
