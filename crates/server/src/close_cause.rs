@@ -273,7 +273,7 @@ impl Failure {
 
     /// With a delay before which a reconnect would be refused again (rounded up to whole ms).
     pub(crate) fn retry_after(mut self, after: Duration) -> Failure {
-        let ms = after.as_millis() + u128::from(after.subsec_nanos() % 1_000_000 > 0);
+        let ms = after.as_millis() + u128::from(!after.subsec_nanos().is_multiple_of(1_000_000));
         self.retry_after_ms = Some(u64::try_from(ms).unwrap_or(u64::MAX));
         self
     }
