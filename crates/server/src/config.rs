@@ -142,6 +142,9 @@ pub struct AuthConfig {
     pub max_session_secs: u64,
     /// Seconds before a token's `exp` that a `palisade.v1` client is sent `expiring` (0: never).
     pub expiry_warning_secs: u64,
+    /// `[[auth.issuers]]`: identity providers whose JWKS keys verify their tokens
+    /// (docs/identity-providers.md).
+    pub issuers: Vec<crate::issuers::IssuerEntry>,
     /// The HMAC secret itself, from `PALISADE_JWT_SECRET` (never from the file).
     #[serde(skip)]
     pub secret: Option<SecretString>,
@@ -290,6 +293,7 @@ impl Default for AuthConfig {
             max_token_bytes: 8 * 1024,
             max_session_secs: 24 * 3600,
             expiry_warning_secs: 60,
+            issuers: Vec::new(),
             secret: None,
         }
     }
@@ -455,6 +459,7 @@ impl Config {
             );
         }
         positive("auth.max_token_bytes", self.auth.max_token_bytes as u64)?;
+        crate::issuers::validate(&self.auth)?;
         positive(
             "subprotocol.close_after_bad_envelopes",
             u64::from(self.subprotocol.close_after_bad_envelopes),

@@ -27,6 +27,7 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod issuers;
 pub mod posture;
 pub mod server;
 pub mod sessions;

@@ -108,6 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => serve(config),
         Command::Check { strict } => {
             palisade_server::server::check(&config)?;
+            for line in palisade_server::issuers::report(&config)? {
+                println!("{line}");
+            }
             let findings = palisade_server::posture::findings(&config);
             for f in &findings {
                 println!("weak: {}: {}", f.key, f.why);

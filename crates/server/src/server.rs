@@ -64,7 +64,10 @@ impl Server {
         for finding in crate::posture::findings(config) {
             tracing::warn!(key = finding.key, "security posture: {}", finding.why);
         }
-        let codec = if config.secure.enabled { Some(token_codec(&config.auth)?) } else { None };
+        let codec = match config.secure.enabled {
+            true => Some(crate::issuers::verifier(&config.auth).await?),
+            false => None,
+        };
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
@@ -156,6 +159,7 @@ impl Server {
                 shutdown: shutdown.clone(),
                 audit: audit.clone(),
                 cluster: cluster.clone(),
+                issuers: state.codec.clone().filter(|v| !v.status().is_empty()),
             };
             match tls_config.clone().filter(|_| config.admin.tls) {
                 Some(tls) => {
@@ -347,7 +351,7 @@ fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
 /// Checks a configuration as `Server::start` would, without binding anything.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
-    if config.secure.enabled {
+    if config.secure.enabled && config.auth.issuers.is_empty() {
         token_codec(&config.auth)?;
     }
     Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;

@@ -338,7 +338,7 @@ impl<H: Handler> Conn<H> {
                     ctx,
                 )
                 .map(|()| None),
-            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).map(|()| None),
+            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).await.map(|()| None),
             (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self.v1_state()?.fail(
                 "not_authenticated",
                 "send an `auth` envelope first",
@@ -348,7 +348,7 @@ impl<H: Handler> Conn<H> {
     }
 
     async fn v1_auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
-        match self.verify(token) {
+        match self.verify(token).await {
             Ok(claims) => self.start_session(claims, ctx).await,
             Err(e) if e.is_expired() => Err(self.v1_state()?.fail(
                 "token_expired",
@@ -380,8 +380,8 @@ impl<H: Handler> Conn<H> {
         }))
     }
 
-    fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
-        let claims = match self.verify(token) {
+    async fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
+        let claims = match self.verify(token).await {
             Ok(claims) => claims,
             Err(e) if e.is_expired() => {
                 return self.v1_refresh_failed(

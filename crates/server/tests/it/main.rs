@@ -4,6 +4,7 @@
 mod admin;
 mod echo;
 mod firewall;
+mod jwks;
 mod lifecycle;
 mod monitoring;
 mod per_ip;
