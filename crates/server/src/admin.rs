@@ -32,6 +32,8 @@ pub(crate) struct AdminState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) audit: Audit,
     pub(crate) cluster: crate::cluster::Link,
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
+    pub(crate) handover: Arc<crate::upgrade::Handover>,
 }
 
 /// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
@@ -64,6 +66,8 @@ fn router(state: AdminState) -> Router {
             get(crate::cluster::list_revocations).post(crate::cluster::add_revocation),
         )
         .route("/cluster", get(crate::cluster::status))
+        .route("/reload", post(crate::reload::admin_reload))
+        .route("/upgrade", post(crate::upgrade::admin_upgrade))
         .merge(crate::dashboard::feed_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
@@ -122,6 +126,7 @@ async fn posture(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut body = state.metrics.encode();
     crate::cluster::append_metrics(&mut body, state.cluster.state.as_ref());
+    state.reloader.append_metrics(&mut body);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

@@ -34,6 +34,9 @@ pub struct Config {
     pub audit: AuditSection,
     /// Several nodes sharing state through Redis (docs/cluster.md).
     pub cluster: ClusterSection,
+    /// The file this was read from ([`Config::from_file`]); a live reload reads it again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[cluster]`: unset `redis_url` keeps everything in memory (one node).
@@ -397,7 +400,10 @@ impl Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Config::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let mut config = Config::from_toml(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Applies environment overrides from `vars` (pass `std::env::vars()`).

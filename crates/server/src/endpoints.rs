@@ -21,6 +21,7 @@ use crate::app::{Handler, Peer};
 use crate::audit::{self, Audit};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
+mod drain;
 pub(crate) mod v1;
 
 /// The seed's replies on the secure endpoint.
@@ -181,6 +182,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 Kind::Secure => Auth::Waiting,
             },
             v1: None,
+            drain_notice: None,
         };
         let mut accept = Accept::default();
         if self.kind == Kind::Secure
@@ -257,6 +259,8 @@ pub(crate) struct Conn<H> {
     auth: Auth,
     /// The `palisade.v1` state when the client negotiated it; `None` speaks the guide's text.
     v1: Option<v1::V1>,
+    /// The `palisade.v1` envelope before a drain's close (set by `on_drain`).
+    drain_notice: Option<Message>,
 }
 
 impl<H: Handler> Conn<H> {
@@ -482,7 +486,16 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         }
     }
 
+    fn on_drain(&mut self, restart: bool, spread: Duration) -> Close {
+        let (close, notice) = drain::drain_close(self.v1.is_some(), restart, spread);
+        self.drain_notice = notice;
+        close
+    }
+
     fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        if let Some(notice) = self.drain_notice.take() {
+            return Some(notice);
+        }
         self.v1.as_mut().map(|v1| v1.closing(close))
     }
 

@@ -28,9 +28,11 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod posture;
+pub mod reload;
 pub mod server;
 pub mod sessions;
 pub mod tls;
+pub mod upgrade;
 
 mod admin;
 mod cluster;

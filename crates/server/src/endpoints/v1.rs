@@ -247,11 +247,26 @@ fn truncate(s: &str, max: usize) -> &str {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Outgoing<'a> {
-    Authenticated { session_id: &'a str, user_id: &'a str, exp: Option<u64> },
-    Message { data: &'a RawValue },
-    Expiring { in_secs: u64 },
-    Refreshed { exp: Option<u64> },
-    Error { reason: &'a str, detail: &'a str },
+    Authenticated {
+        session_id: &'a str,
+        user_id: &'a str,
+        exp: Option<u64>,
+    },
+    Message {
+        data: &'a RawValue,
+    },
+    Expiring {
+        in_secs: u64,
+    },
+    Refreshed {
+        exp: Option<u64>,
+    },
+    Error {
+        reason: &'a str,
+        detail: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
 }
 
 fn envelope(env: &Outgoing<'_>) -> Message {
@@ -264,7 +279,12 @@ fn envelope(env: &Outgoing<'_>) -> Message {
 
 /// An `error` envelope.
 pub(crate) fn error_envelope(reason: &str, detail: &str) -> Message {
-    envelope(&Outgoing::Error { reason, detail })
+    envelope(&Outgoing::Error { reason, detail, retry_after_ms: None })
+}
+
+/// An `error` envelope that tells the client when to reconnect (a drain).
+pub(crate) fn retry_envelope(reason: &str, detail: &str, retry_after_ms: u64) -> Message {
+    envelope(&Outgoing::Error { reason, detail, retry_after_ms: Some(retry_after_ms) })
 }
 
 /// Wraps an application reply or push in a `message` envelope: text that is JSON is embedded as
