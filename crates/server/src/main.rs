@@ -59,9 +59,17 @@ enum Command {
         renew: bool,
     },
     /// Ask the running server (through its admin API) to reload its configuration file.
-    Reload,
+    Reload {
+        /// The admin API's address, when not `admin.listen` (e.g. that is port 0).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Ask the running server to start the binary on disk with its listening sockets and drain.
-    Upgrade,
+    Upgrade {
+        /// The admin API's address, when not `admin.listen` (e.g. that is port 0).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Check or read the audit trail (docs/audit.md); needs no configuration.
     Audit {
         #[command(subcommand)]
@@ -128,8 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::DevCert { .. } => Ok(()),
-        Command::Reload => ask(&config, "/reload"),
-        Command::Upgrade => ask(&config, "/upgrade"),
+        Command::Reload { admin } => ask(config, admin, "/reload"),
+        Command::Upgrade { admin } => ask(config, admin, "/upgrade"),
         // Run by `main` before any configuration is loaded.
         Command::Audit { .. } => Ok(()),
         Command::Token { user_id, ttl, email } => {
@@ -142,8 +150,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `palisade reload | upgrade`: prints the running server's answer.
-fn ask(config: &Config, path: &str) -> anyhow::Result<()> {
-    let (status, body) = palisade_server::reload::ask_running_server(config, path)?;
+fn ask(mut config: Config, admin: Option<std::net::SocketAddr>, path: &str) -> anyhow::Result<()> {
+    if let Some(addr) = admin {
+        config.admin.listen = addr;
+    }
+    let (status, body) = palisade_server::reload::ask_running_server(&config, path)?;
     println!("{}", body.trim_end());
     if !(200..300).contains(&status) {
         anyhow::bail!("{path} refused (HTTP {status})");

@@ -2,6 +2,7 @@
 //! TCP for malformed frames and raw HTTP/1.1 for the admin API.
 
 mod admin;
+mod deploy;
 mod echo;
 mod firewall;
 mod lifecycle;
