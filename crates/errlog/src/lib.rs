@@ -155,6 +155,7 @@ pub struct UnknownLogFormat {
 #[must_use = "dropping the guard stops the error log; hold it until the program ends"]
 pub struct LogGuard {
     error_log: Option<PathBuf>,
+    level: Option<LevelHandle>,
     dropped: Option<ErrorCounter>,
     // Dropped last among the fields that matter: its drop drains the queue.
     _worker: Option<WorkerGuard>,
@@ -164,6 +165,11 @@ impl LogGuard {
     /// The active error log file (`DIR/websocket_errors.log`), if there is one.
     pub fn error_log_path(&self) -> Option<&Path> {
         self.error_log.as_deref()
+    }
+
+    /// A handle that changes the console level while the program runs (configuration reload).
+    pub fn level_handle(&self) -> Option<LevelHandle> {
+        self.level.clone()
     }
 
     /// How many error-log lines were dropped because the queue was full.
@@ -178,6 +184,34 @@ impl fmt::Debug for LogGuard {
             .field("error_log", &self.error_log)
             .field("dropped_lines", &self.dropped_lines())
             .finish_non_exhaustive()
+    }
+}
+
+/// Changes the console level of a running subscriber (from [`LogGuard::level_handle`]); the
+/// error log's filter does not change.
+#[derive(Clone)]
+pub struct LevelHandle(tracing_subscriber::reload::Handle<EnvFilter, Registry>);
+
+impl LevelHandle {
+    /// Sets a new console level directive (same syntax as [`LogConfig::level`]). A bad
+    /// directive is refused and the current level stays.
+    pub fn set(&self, directive: &str) -> Result<(), LogError> {
+        let filter = parse_level(directive)?;
+        self.0.reload(filter).map_err(|e| LogError::BadLevel {
+            directive: directive.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Checks a directive without applying it.
+    pub fn check(directive: &str) -> Result<(), LogError> {
+        parse_level(directive).map(drop)
+    }
+}
+
+impl fmt::Debug for LevelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LevelHandle")
     }
 }
 
@@ -260,9 +294,11 @@ where
             .with_writer(console)
             .boxed(),
     };
+    let (console_filter, level) = tracing_subscriber::reload::Layer::new(console_filter);
     let mut layers = vec![console_layer.with_filter(console_filter).boxed()];
 
-    let mut guard = LogGuard { error_log: None, dropped: None, _worker: None };
+    let mut guard =
+        LogGuard { error_log: None, level: Some(LevelHandle(level)), dropped: None, _worker: None };
     if let Some(dir) = &config.dir {
         create_dir(dir)?;
         let path = dir.join(ERROR_LOG_FILE);

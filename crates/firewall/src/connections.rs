@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{DenyReason, lock};
 
@@ -11,9 +12,9 @@ use crate::{DenyReason, lock};
 pub(crate) struct Connections {
     counts: Mutex<Counts>,
     /// 0 means unlimited.
-    max_total: usize,
+    max_total: AtomicUsize,
     /// 0 means unlimited.
-    max_per_ip: usize,
+    max_per_ip: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -24,16 +25,28 @@ struct Counts {
 
 impl Connections {
     pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Connections {
-        Connections { counts: Mutex::new(Counts::default()), max_total, max_per_ip }
+        Connections {
+            counts: Mutex::new(Counts::default()),
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
+        }
+    }
+
+    /// New caps for the next admissions; open connections stay.
+    pub(crate) fn set_caps(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     pub(crate) fn acquire(&self, ip: IpAddr) -> Result<(), DenyReason> {
+        let (max_total, max_per_ip) =
+            (self.max_total.load(Ordering::Relaxed), self.max_per_ip.load(Ordering::Relaxed));
         let mut counts = lock(&self.counts);
-        if self.max_total != 0 && counts.total >= self.max_total {
+        if max_total != 0 && counts.total >= max_total {
             return Err(DenyReason::TooManyConnections);
         }
         let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
-        if self.max_per_ip != 0 && from_ip >= self.max_per_ip {
+        if max_per_ip != 0 && from_ip >= max_per_ip {
             return Err(DenyReason::TooManyConnectionsFromIp);
         }
         counts.total += 1;

@@ -65,6 +65,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::bans::Bans;
@@ -173,50 +174,97 @@ pub struct Firewall {
 }
 
 struct Inner {
-    config: FirewallConfig,
-    rules: IpRules,
-    trusted_proxies: NetList,
-    origins: OriginPolicy,
-    handshake: Option<Gcra>,
-    message: Option<Gcra>,
+    /// The compiled rules; swapped whole by [`Firewall::reconfigure`], read lock-free.
+    policy: ArcSwap<Policy>,
     table: IpTable,
     bans: Bans,
     connections: Arc<Connections>,
 }
 
-impl Firewall {
-    /// Checks and compiles `config`.
-    pub fn new(config: FirewallConfig) -> Result<Firewall, ConfigError> {
+/// Everything [`Firewall::reconfigure`] replaces; per-IP state, bans and counts stay.
+struct Policy {
+    config: Arc<FirewallConfig>,
+    rules: IpRules,
+    trusted_proxies: NetList,
+    origins: OriginPolicy,
+    handshake: Option<Gcra>,
+    message: Option<Gcra>,
+}
+
+impl Policy {
+    fn new(config: FirewallConfig) -> Result<Policy, ConfigError> {
         if config.max_tracked_ips == 0 {
             return Err(ConfigError::NoTrackedIps);
         }
-        let inner = Inner {
+        Ok(Policy {
             rules: IpRules::new(&config.allow, &config.deny),
             trusted_proxies: NetList::new(&config.trusted_proxies),
             origins: OriginPolicy::new(&config.allowed_origins, config.require_origin)?,
             handshake: Gcra::new(config.handshake_rate_per_sec, config.handshake_burst),
             message: Gcra::new(config.message_rate_per_sec, config.message_burst),
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl Firewall {
+    /// Checks and compiles `config`.
+    pub fn new(config: FirewallConfig) -> Result<Firewall, ConfigError> {
+        let policy = Policy::new(config)?;
+        let config = &policy.config;
+        let inner = Inner {
             table: IpTable::new(config.max_tracked_ips),
             bans: Bans::new(config.max_tracked_ips),
             connections: Arc::new(Connections::new(
                 config.max_connections,
                 config.max_connections_per_ip,
             )),
-            config,
+            policy: ArcSwap::from_pointee(policy),
         };
         Ok(Firewall { inner: Arc::new(inner) })
     }
 
-    /// The configuration this firewall was built from.
-    pub fn config(&self) -> &FirewallConfig {
-        &self.inner.config
+    /// The configuration in force (the one given to [`Firewall::new`] or the last
+    /// [`Firewall::reconfigure`]).
+    pub fn config(&self) -> Arc<FirewallConfig> {
+        Arc::clone(&self.inner.policy.load().config)
+    }
+
+    /// Replaces the rules (allow/deny lists, trusted proxies, origins, rate limits, ban
+    /// settings, connection caps) while the firewall serves, e.g. on a configuration reload.
+    /// Bans, per-IP state and open-connection counts are kept; open connections are not
+    /// re-checked, and connections over a lowered cap stay until they close. A bad `config` is
+    /// refused whole and the rules in force stay. `max_tracked_ips` keeps its first value (the
+    /// tables are sized once).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use palisade_firewall::{DenyReason, Firewall, FirewallConfig};
+    ///
+    /// let firewall = Firewall::new(FirewallConfig::secure_defaults())?;
+    /// let ip = "192.0.2.7".parse()?;
+    /// assert!(firewall.admit(ip, Instant::now()).is_ok());
+    /// let mut config = FirewallConfig::secure_defaults();
+    /// config.deny = vec!["192.0.2.0/24".parse()?];
+    /// firewall.reconfigure(config)?;
+    /// assert_eq!(firewall.admit(ip, Instant::now()).unwrap_err(), DenyReason::IpDenied);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reconfigure(&self, mut config: FirewallConfig) -> Result<(), ConfigError> {
+        config.max_tracked_ips = self.inner.policy.load().config.max_tracked_ips;
+        let policy = Policy::new(config)?;
+        self.inner
+            .connections
+            .set_caps(policy.config.max_connections, policy.config.max_connections_per_ip);
+        self.inner.policy.store(Arc::new(policy));
+        Ok(())
     }
 
     /// At TCP accept: deny list, allow list, bans, global cap, per-IP cap, in that order.
     /// On success the returned permit counts the connection until it is dropped.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, DenyReason> {
         let ip = canonical(ip);
-        self.inner.rules.check(ip)?;
+        self.inner.policy.load().rules.check(ip)?;
         if self.inner.bans.is_banned(ip, now) {
             return Err(DenyReason::Banned);
         }
@@ -227,7 +275,7 @@ impl Firewall {
     /// At the WebSocket handshake: takes one token from `ip`'s bucket. `Throttle` means
     /// HTTP 429 with `Retry-After` (round `retry_after` up to whole seconds).
     pub fn check_handshake_rate(&self, ip: IpAddr, now: Instant) -> Decision {
-        let Some(gcra) = self.inner.handshake else {
+        let Some(gcra) = self.inner.policy.load().handshake else {
             return Decision::Allow;
         };
         let ip = canonical(ip);
@@ -239,7 +287,7 @@ impl Firewall {
 
     /// At the WebSocket handshake: the `Origin` header's value, if any. `Deny` means HTTP 403.
     pub fn check_origin(&self, origin: Option<&str>) -> Decision {
-        self.inner.origins.check(origin)
+        self.inner.policy.load().origins.check(origin)
     }
 
     /// The client's address. `X-Forwarded-For` and `Forwarded` are read only when `peer` is a
@@ -252,13 +300,18 @@ impl Firewall {
         x_forwarded_for: Option<&str>,
         forwarded: Option<&str>,
     ) -> IpAddr {
-        proxy::client_ip(&self.inner.trusted_proxies, peer, x_forwarded_for, forwarded)
+        proxy::client_ip(
+            &self.inner.policy.load().trusted_proxies,
+            peer,
+            x_forwarded_for,
+            forwarded,
+        )
     }
 
     /// Counts a failed authentication from `ip`. Returns `Some(ban_duration)` when this failure
     /// reached `ban_after_failures` within `ban_window` and so banned the address.
     pub fn record_auth_failure(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let config = &self.inner.config;
+        let config = Arc::clone(&self.inner.policy.load().config);
         let limit = usize::try_from(config.ban_after_failures).unwrap_or(usize::MAX);
         if limit == 0 {
             return None;
@@ -304,7 +357,7 @@ impl Firewall {
 
     /// A fresh bucket for one connection's messages.
     pub fn message_limiter(&self) -> MessageLimiter {
-        MessageLimiter { gcra: self.inner.message, tat: None }
+        MessageLimiter { gcra: self.inner.policy.load().message, tat: None }
     }
 
     /// Connections currently holding a [`ConnectionPermit`].
@@ -326,7 +379,7 @@ impl Firewall {
     /// no failure within `ban_window`). Call it periodically, e.g. every minute.
     pub fn prune(&self, now: Instant) {
         self.inner.bans.prune(now);
-        let window = self.inner.config.ban_window;
+        let window = self.inner.policy.load().config.ban_window;
         self.inner.table.retain(|state| {
             forget_old_failures(&mut state.failures, window, now);
             !(gcra::is_full(state.handshake_tat, now) && state.failures.is_empty())
@@ -337,7 +390,7 @@ impl Firewall {
 impl fmt::Debug for Firewall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Firewall")
-            .field("config", &self.inner.config)
+            .field("config", &self.config())
             .field("open_connections", &self.open_connections())
             .finish_non_exhaustive()
     }

@@ -32,6 +32,10 @@ pub(crate) struct AdminState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) audit: Audit,
     pub(crate) cluster: crate::cluster::Link,
+    /// The JWKS issuers (`GET /issuers`); `None` without `[[auth.issuers]]`.
+    pub(crate) issuers: Option<palisade_jwks::Verifier>,
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
+    pub(crate) handover: Arc<crate::upgrade::Handover>,
 }
 
 /// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
@@ -64,6 +68,10 @@ fn router(state: AdminState) -> Router {
             get(crate::cluster::list_revocations).post(crate::cluster::add_revocation),
         )
         .route("/cluster", get(crate::cluster::status))
+        .route("/issuers", get(crate::issuers::list))
+        .route("/issuers/refresh", post(crate::issuers::refresh))
+        .route("/reload", post(crate::reload::admin_reload))
+        .route("/upgrade", post(crate::upgrade::admin_upgrade))
         .merge(crate::dashboard::feed_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
@@ -123,6 +131,8 @@ async fn posture(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut body = state.metrics.encode();
     crate::cluster::append_metrics(&mut body, state.cluster.state.as_ref());
+    crate::issuers::append_metrics(&mut body, state.issuers.as_ref());
+    state.reloader.append_metrics(&mut body);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

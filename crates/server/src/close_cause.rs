@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use palisade_transport::{Close, close_code};
 
-/// Service Restart (RFC 6455 section 7.4.1, IANA registry): the server restarts; reconnect.
-const SERVICE_RESTART: u16 = 1012;
-
 /// What a client should do after a close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Advice {
@@ -245,7 +242,7 @@ impl CloseCause {
         match close.code {
             close_code::NORMAL => CloseCause::Closing,
             close_code::GOING_AWAY => CloseCause::GoingAway,
-            SERVICE_RESTART => CloseCause::Restarting,
+            close_code::SERVICE_RESTART => CloseCause::Restarting,
             close_code::PROTOCOL_ERROR => CloseCause::ProtocolError,
             close_code::INVALID_PAYLOAD => CloseCause::InvalidUtf8,
             close_code::MESSAGE_TOO_BIG => CloseCause::MessageTooBig,

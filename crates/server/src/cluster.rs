@@ -245,14 +245,18 @@ pub(crate) fn readiness(state: &dyn SharedState) -> String {
 
 /// Puts the cluster's series before the exposition's final `# EOF`.
 pub(crate) fn append_metrics(body: &mut String, state: &dyn SharedState) {
-    let extra = state.encode_metrics();
+    append_exposition(body, &state.encode_metrics());
+}
+
+/// Appends another OpenMetrics exposition (ending in `# EOF`) to `body`, keeping one `# EOF`.
+pub(crate) fn append_exposition(body: &mut String, extra: &str) {
     if extra.is_empty() {
         return;
     }
     if let Some(len) = body.strip_suffix("# EOF\n").map(str::len) {
         body.truncate(len);
     }
-    body.push_str(&extra);
+    body.push_str(extra);
 }
 
 /// A row of `GET /sessions`.

@@ -34,6 +34,9 @@ pub struct Config {
     pub audit: AuditSection,
     /// Several nodes sharing state through Redis (docs/cluster.md).
     pub cluster: ClusterSection,
+    /// The file this was read from ([`Config::from_file`]); a live reload reads it again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[cluster]`: unset `redis_url` keeps everything in memory (one node).
@@ -142,6 +145,9 @@ pub struct AuthConfig {
     pub max_session_secs: u64,
     /// Seconds before a token's `exp` that a `palisade.v1` client is sent `expiring` (0: never).
     pub expiry_warning_secs: u64,
+    /// `[[auth.issuers]]`: identity providers whose JWKS keys verify their tokens
+    /// (docs/identity-providers.md).
+    pub issuers: Vec<crate::issuers::IssuerEntry>,
     /// The HMAC secret itself, from `PALISADE_JWT_SECRET` (never from the file).
     #[serde(skip)]
     pub secret: Option<SecretString>,
@@ -290,6 +296,7 @@ impl Default for AuthConfig {
             max_token_bytes: 8 * 1024,
             max_session_secs: 24 * 3600,
             expiry_warning_secs: 60,
+            issuers: Vec::new(),
             secret: None,
         }
     }
@@ -397,7 +404,10 @@ impl Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Config::from_toml(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let mut config = Config::from_toml(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Applies environment overrides from `vars` (pass `std::env::vars()`).
@@ -455,6 +465,7 @@ impl Config {
             );
         }
         positive("auth.max_token_bytes", self.auth.max_token_bytes as u64)?;
+        crate::issuers::validate(&self.auth)?;
         positive(
             "subprotocol.close_after_bad_envelopes",
             u64::from(self.subprotocol.close_after_bad_envelopes),

@@ -10,8 +10,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, StatusCode};
 use palisade_digest::Fingerprint;
 use palisade_firewall::{ConnectionPermit, Decision, DenyReason, Firewall, MessageLimiter};
+use palisade_jwks::{Verifier, VerifyError};
 use palisade_metrics::{EndpointMetrics, Metrics};
-use palisade_token::{Claims, TokenCodec, TokenError};
+use palisade_token::{Claims, TokenError};
 use palisade_transport::{
     Accept, Close, ConnError, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest,
     Message, Outcome, Refusal, Rejection, close_code,
@@ -22,6 +23,7 @@ use crate::audit::{self, Audit};
 use crate::close_cause::{CloseCause, Failure, Level};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
+mod drain;
 pub(crate) mod v1;
 
 /// The seed's replies on the secure endpoint.
@@ -37,7 +39,8 @@ pub mod replies {
 /// State shared by every connection of a server.
 pub(crate) struct State<H> {
     pub(crate) app: Arc<H>,
-    pub(crate) codec: Option<TokenCodec>,
+    /// Every token path verifies through it: the JWKS issuers and the static `[auth]` key.
+    pub(crate) codec: Option<Verifier>,
     pub(crate) sessions: SessionRegistry,
     pub(crate) firewall: Firewall,
     pub(crate) metrics: Metrics,
@@ -55,7 +58,7 @@ impl<H> State<H> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         app: Arc<H>,
-        codec: Option<TokenCodec>,
+        codec: Option<Verifier>,
         sessions: SessionRegistry,
         firewall: Firewall,
         metrics: Metrics,
@@ -182,6 +185,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
                 Kind::Secure => Auth::Waiting,
             },
             v1: None,
+            drain_notice: None,
         };
         let mut accept = Accept::default();
         if self.kind == Kind::Secure
@@ -194,7 +198,9 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
         if self.kind == Kind::Secure {
             let bearer = header("authorization").and_then(crate::admin::bearer_token);
             if let Some(token) = bearer {
-                match conn.verify(token) {
+                // The handshake hook cannot wait: a token needing a key fetch is refused (the
+                // fetch starts) and the client retries.
+                match conn.verify_now(token) {
                     Ok(claims) => conn.auth = Auth::FromHeader(claims),
                     Err(e) => {
                         let body = if e.is_expired() { "token expired" } else { "invalid token" };
@@ -258,12 +264,36 @@ pub(crate) struct Conn<H> {
     auth: Auth,
     /// The `palisade.v1` state when the client negotiated it; `None` speaks the guide's text.
     v1: Option<v1::V1>,
+    /// The `palisade.v1` envelope before a drain's close (set by `on_drain`).
+    drain_notice: Option<Message>,
 }
 
 impl<H: Handler> Conn<H> {
-    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let codec = self.state.codec.as_ref().ok_or(TokenError::UnknownKey)?;
-        let result = codec.decode(token, unix_now());
+    /// Verifies a token from the first message or a `palisade.v1` auth or refresh envelope,
+    /// waiting for at most one fetch of its issuer's keys.
+    async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let result = match &self.state.codec {
+            Some(verifier) => verifier.verify(token, unix_now()).await,
+            None => Err(VerifyError::Token(TokenError::UnknownKey)),
+        };
+        self.verified(token, result)
+    }
+
+    /// Verifies a token of the `Authorization: Bearer` header, without waiting.
+    fn verify_now(&self, token: &str) -> Result<Claims, VerifyError> {
+        let result = match &self.state.codec {
+            Some(verifier) => verifier.verify_now(token, unix_now()),
+            None => Err(VerifyError::Token(TokenError::UnknownKey)),
+        };
+        self.verified(token, result)
+    }
+
+    /// The one place every token path's outcome is logged, counted, audited and banned on.
+    fn verified(
+        &self,
+        token: &str,
+        result: Result<Claims, VerifyError>,
+    ) -> Result<Claims, VerifyError> {
         let endpoint = self.kind.name();
         let fp = Fingerprint::of(token.as_bytes());
         match &result {
@@ -440,7 +470,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                     Message::Text(t) => t.trim(),
                     Message::Binary(_) => "",
                 };
-                match self.verify(token) {
+                match self.verify(token).await {
                     Ok(claims) => Box::pin(self.start_session(claims, ctx)).await,
                     Err(e) if e.is_expired() => {
                         ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
@@ -497,7 +527,16 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         }
     }
 
+    fn on_drain(&mut self, restart: bool, spread: Duration) -> Close {
+        let (close, notice) = drain::drain_close(self.v1.is_some(), restart, spread);
+        self.drain_notice = notice;
+        close
+    }
+
     fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        if let Some(notice) = self.drain_notice.take() {
+            return Some(notice);
+        }
         self.v1.as_mut().map(|v1| v1.closing(close))
     }
 

@@ -27,10 +27,13 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod issuers;
 pub mod posture;
+pub mod reload;
 pub mod server;
 pub mod sessions;
 pub mod tls;
+pub mod upgrade;
 
 mod admin;
 mod close_cause;

@@ -1,5 +1,5 @@
-//! The `palisade` binary: run the server (SIGHUP reloads the TLS certificate), check the
-//! configuration, or mint a token for testing.
+//! The `palisade` binary: run the server (SIGHUP reloads the configuration, SIGUSR2 upgrades
+//! to the binary on disk), check the configuration, or mint a token for testing.
 
 #![allow(clippy::print_stdout)] // The binary talks to a person (and to tests) on stdout.
 
@@ -58,6 +58,18 @@ enum Command {
         #[arg(long)]
         renew: bool,
     },
+    /// Ask the running server (through its admin API) to reload its configuration file.
+    Reload {
+        /// The admin API's address, when not `admin.listen` (e.g. that is port 0).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// Ask the running server to start the binary on disk with its listening sockets and drain.
+    Upgrade {
+        /// The admin API's address, when not `admin.listen` (e.g. that is port 0).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Check or read the audit trail (docs/audit.md); needs no configuration.
     Audit {
         #[command(subcommand)]
@@ -66,6 +78,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: it takes LISTEN_FDS and clears it from the environment.
+    if let Err(e) = palisade_server::upgrade::inherit_listeners() {
+        eprintln!("palisade: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     if let Some(Command::Audit { command }) = &cli.command {
         return palisade_server::audit::run(command);
@@ -108,6 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => serve(config),
         Command::Check { strict } => {
             palisade_server::server::check(&config)?;
+            for line in palisade_server::issuers::report(&config)? {
+                println!("{line}");
+            }
             let findings = palisade_server::posture::findings(&config);
             for f in &findings {
                 println!("weak: {}: {}", f.key, f.why);
@@ -119,6 +139,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::DevCert { .. } => Ok(()),
+        Command::Reload { admin } => ask(config, admin, "/reload"),
+        Command::Upgrade { admin } => ask(config, admin, "/upgrade"),
         // Run by `main` before any configuration is loaded.
         Command::Audit { .. } => Ok(()),
         Command::Token { user_id, ttl, email } => {
@@ -128,6 +150,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `palisade reload | upgrade`: prints the running server's answer.
+fn ask(mut config: Config, admin: Option<std::net::SocketAddr>, path: &str) -> anyhow::Result<()> {
+    if let Some(addr) = admin {
+        config.admin.listen = addr;
+    }
+    let (status, body) = palisade_server::reload::ask_running_server(&config, path)?;
+    println!("{}", body.trim_end());
+    if !(200..300).contains(&status) {
+        anyhow::bail!("{path} refused (HTTP {status})");
+    }
+    Ok(())
 }
 
 fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
@@ -161,6 +196,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // a test) may send SIGTERM at once.
         let signals = Signals::listen()?;
         let server = Server::start(&config, Echo).await?;
+        if let Some(handle) = log.level_handle() {
+            server.set_log_level_handle(handle);
+        }
         let ws = if server.tls_enabled() { "wss" } else { "ws" };
         for (name, addr) in [("echo", server.echo_addr), ("secure", server.secure_addr)] {
             if let Some(a) = addr {
@@ -174,9 +212,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(p) = log.error_log_path() {
             println!("palisade: errors are logged to {}", p.display());
         }
-        tracing::info!("palisade started");
+        tracing::info!(pid = std::process::id(), "palisade started");
+        // Systemd (Type=notify) or the predecessor of an upgrade learns that this one serves.
+        palisade_server::upgrade::notify_ready();
         signals.wait(&server).await;
-        tracing::info!("shutting down: closing connections with 1001");
+        if server.handed_over().is_cancelled() {
+            tracing::info!(
+                "draining after the upgrade: closing connections spread over the drain time"
+            );
+        } else {
+            tracing::info!(
+                "shutting down: closing connections with 1001, spread over the drain time"
+            );
+        }
         let drained = server.shutdown().await;
         if !drained {
             tracing::warn!("drain timeout reached with connections still open");
@@ -188,11 +236,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM, SIGINT and SIGHUP, listened for from creation on.
+/// SIGTERM, SIGINT, SIGHUP and SIGUSR2, listened for from creation on.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -201,36 +250,28 @@ impl Signals {
         let term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
         let hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-        Ok(Signals { term, int, hup })
+        let usr2 = signal(SignalKind::user_defined2()).context("cannot listen for SIGUSR2")?;
+        Ok(Signals { term, int, hup, usr2 })
     }
 
-    /// Waits for SIGTERM or SIGINT; on SIGHUP reloads the TLS certificate and waits on.
+    /// Waits for SIGTERM or SIGINT, or for an upgrade's successor to serve; on SIGHUP reloads
+    /// the configuration, on SIGUSR2 starts the upgrade, and waits on.
     async fn wait(mut self, server: &Server) {
+        let handed_over = server.handed_over();
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => reload_tls(server),
+                () = handed_over.cancelled() => return,
+                _ = self.hup.recv() => {
+                    // The outcome is logged, counted and audited by the reload itself.
+                    let _ = server.reload();
+                }
+                _ = self.usr2.recv() => {
+                    // Logged by the upgrade; on success `handed_over` ends the wait.
+                    let _ = server.upgrade().await;
+                }
             }
-        }
-    }
-}
-
-fn reload_tls(server: &Server) {
-    match server.reload_tls() {
-        Ok(Some(info)) => {
-            tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, "tls certificate reloaded; new connections use it");
-            if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
-                tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
-            }
-        }
-        Ok(None) => tracing::info!("SIGHUP: tls is off, nothing to reload"),
-        Err(e) => {
-            tracing::error!(
-                kind = "tls_reload",
-                error = format!("{e:#}"),
-                "tls reload failed; the current certificate stays in use"
-            );
         }
     }
 }

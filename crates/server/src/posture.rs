@@ -53,6 +53,14 @@ pub fn findings(config: &Config) -> Vec<Finding> {
                 .into(),
         );
     }
+    for url in crate::issuers::plain_http_urls(&config.auth) {
+        add(
+            "auth.issuers",
+            format!(
+                "{url} fetches signing keys over plain http from a host that is not loopback:                  anyone on the path can substitute keys and mint tokens; use https://"
+            ),
+        );
+    }
     if config.secure.enabled && !config.auth.require_exp {
         add(
             "auth.require_exp",

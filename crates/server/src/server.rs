@@ -43,6 +43,9 @@ pub struct Server {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
+    reloader: Arc<crate::reload::Reloader>,
+    handover: Arc<crate::upgrade::Handover>,
+    drain_spread: Arc<palisade_transport::Drain>,
 }
 
 impl Server {
@@ -64,7 +67,10 @@ impl Server {
         for finding in crate::posture::findings(config) {
             tracing::warn!(key = finding.key, "security posture: {}", finding.why);
         }
-        let codec = if config.secure.enabled { Some(token_codec(&config.auth)?) } else { None };
+        let codec = match config.secure.enabled {
+            true => Some(crate::issuers::verifier(&config.auth).await?),
+            false => None,
+        };
         let firewall =
             Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
         let metrics = Metrics::new();
@@ -91,6 +97,14 @@ impl Server {
         let transport = Arc::new(transport);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            config,
+            firewall.clone(),
+            cert_store.clone(),
+            audit.clone(),
+        ));
+        // Duplicates of the listening sockets, handed to the successor of an upgrade.
+        let handover = Arc::new(crate::upgrade::Handover::new(Duration::from_secs(30)));
         crate::cluster::spawn_events(
             cluster_events,
             sessions.clone(),
@@ -108,8 +122,9 @@ impl Server {
             if !enabled {
                 continue;
             }
-            let listener = bind(listen, &format!("{}.listen", kind.name())).await?;
+            let listener = bind(listen, &format!("{}.listen", kind.name()), kind.name()).await?;
             *slot = Some(listener.local_addr()?);
+            handover.add(kind.name(), dup_fd(&listener)?);
             let endpoint = Arc::new(WsEndpoint {
                 kind,
                 state: state.clone(),
@@ -128,8 +143,9 @@ impl Server {
         }
 
         let admin_addr = if config.admin.enabled {
-            let listener = bind(config.admin.listen, "admin.listen").await?;
+            let listener = bind(config.admin.listen, "admin.listen", "admin").await?;
             let addr = listener.local_addr()?;
+            handover.add("admin", dup_fd(&listener)?);
             let admin_token = match &config.admin.token_file {
                 Some(path) => {
                     let token = read_secret(path, "admin.token_file")?;
@@ -156,6 +172,9 @@ impl Server {
                 shutdown: shutdown.clone(),
                 audit: audit.clone(),
                 cluster: cluster.clone(),
+                issuers: state.codec.clone().filter(|v| !v.status().is_empty()),
+                reloader: reloader.clone(),
+                handover: handover.clone(),
             };
             match tls_config.clone().filter(|_| config.admin.tls) {
                 Some(tls) => {
@@ -203,12 +222,19 @@ impl Server {
             shutdown,
             tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
+            reloader,
+            handover,
+            drain_spread: transport.drain.clone(),
         })
     }
 
-    /// Stops accepting, sends 1001 to every open connection and waits for them (up to the
-    /// drain timeout). Returns false when some connections were still open at the deadline.
+    /// Stops accepting and drains: open connections are closed spread over the first half of
+    /// `limits.drain_timeout_secs` (1012 to `palisade.v1` clients after an upgrade, 1001
+    /// otherwise; see docs/deployment.md), then waits for them up to the drain timeout. Returns
+    /// false when some connections were still open at the deadline.
     pub async fn shutdown(self) -> bool {
+        let restart = self.handover.done().is_cancelled();
+        self.drain_spread.begin(self.drain / 2, restart);
         self.shutdown.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
@@ -236,16 +262,49 @@ impl Server {
         self.tls.as_ref().map(|s| s.info())
     }
 
+    /// Reads the configuration file again and applies what can change live (see
+    /// docs/configuration.md); a bad file is refused whole and the running configuration stays.
+    pub fn reload(&self) -> Result<crate::reload::ReloadReport, crate::reload::ReloadError> {
+        self.reloader.reload()
+    }
+
+    /// Lets [`Server::reload`] change the console log level.
+    pub fn set_log_level_handle(&self, handle: palisade_errlog::LevelHandle) {
+        self.reloader.set_log_level_handle(handle);
+    }
+
+    /// Starts the new binary with the listening sockets (docs/deployment.md) and waits until
+    /// it serves; then [`Server::handed_over`] is cancelled and the caller should
+    /// [`Server::shutdown`]. On error this server serves on.
+    pub async fn upgrade(&self) -> anyhow::Result<u32> {
+        self.handover.upgrade().await
+    }
+
+    /// Cancelled once an upgrade's successor serves (from `SIGUSR2` or `POST /upgrade`).
+    pub fn handed_over(&self) -> CancellationToken {
+        self.handover.done()
+    }
+
     /// A token that is cancelled when shutdown begins.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 }
 
-async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+/// The listener handed over by socket activation or an upgrade (named `name`), else a new one.
+async fn bind(addr: SocketAddr, key: &str, name: &str) -> anyhow::Result<TcpListener> {
+    if let Some(inherited) = crate::upgrade::take_inherited(name) {
+        return TcpListener::from_std(inherited)
+            .with_context(|| format!("cannot use the inherited {name} socket ({key})"));
+    }
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} ({key}): is another process using it? choose another port in the config")
     })
+}
+
+fn dup_fd(listener: &TcpListener) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd as _;
+    listener.as_fd().try_clone_to_owned().context("cannot duplicate a listening socket")
 }
 
 /// Loads the certificate and key (errors name the file), logs what is served and warns about
@@ -311,7 +370,7 @@ pub(crate) fn token_codec(auth: &config::AuthConfig) -> anyhow::Result<TokenCode
     TokenCodec::new(tc).context("invalid [auth] key")
 }
 
-fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
+pub(crate) fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
     let f = &config.firewall;
     let nets = |key: &str, list: &[String]| -> anyhow::Result<Vec<ipnet::IpNet>> {
         list.iter()
@@ -347,7 +406,7 @@ fn firewall_config(config: &Config) -> anyhow::Result<FirewallConfig> {
 /// Checks a configuration as `Server::start` would, without binding anything.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
-    if config.secure.enabled {
+    if config.secure.enabled && config.auth.issuers.is_empty() {
         token_codec(&config.auth)?;
     }
     Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::claims::ClaimChecks;
 use crate::{
-    Algorithm, Claims, EncodeError, Key, KeyError, KeyMaterial, MAX_LEEWAY_SECS, TokenConfig,
-    TokenError,
+    Algorithm, Claims, EncodeError, Key, KeyError, KeyMaterial, MAX_LEEWAY_SECS, PublicComponents,
+    TokenConfig, TokenError,
 };
 
 /// Verifies (`decode`) and mints (`encode`) tokens for one pinned algorithm.
@@ -268,6 +268,38 @@ fn build_key(
                 Some(EncodingKey::from_secret(secret).map_err(bad)?),
             ))
         }
+        KeyMaterial::Components(components) => {
+            if components.algorithm() != algorithm {
+                return Err(KeyError::WrongMaterialForAlgorithm { key: label.into(), algorithm });
+            }
+            let bad = |reason: String| KeyError::BadPem { key: label.into(), algorithm, reason };
+            let key = match components {
+                PublicComponents::Rsa { n, e } => {
+                    check_rsa_size(n).map_err(bad)?;
+                    if e.is_empty() || e.len() > 8 {
+                        return Err(bad("the rsa exponent is not a usable number".into()));
+                    }
+                    DecodingKey::from_rsa_raw_components(n, e)
+                }
+                PublicComponents::EcP256 { x, y } => {
+                    if x.len() != 32 || y.len() != 32 {
+                        return Err(bad("the public key is not a P-256 key".into()));
+                    }
+                    let mut point = Vec::with_capacity(65);
+                    point.push(4);
+                    point.extend_from_slice(x);
+                    point.extend_from_slice(y);
+                    DecodingKey::from_ec_der(&point)
+                }
+                PublicComponents::Ed25519 { x } => {
+                    if x.len() != 32 {
+                        return Err(bad("the public key is not an Ed25519 key".into()));
+                    }
+                    DecodingKey::from_ed_der(x)
+                }
+            };
+            Ok((Some(key), None))
+        }
         KeyMaterial::Pem { public, private } => {
             if algorithm.is_hmac() {
                 return Err(KeyError::WrongMaterialForAlgorithm { key: label.into(), algorithm });
@@ -380,16 +412,74 @@ fn derive_public(algorithm: Algorithm, private: &EncodingKey) -> Result<Decoding
 
 /// RFC 7518 section 3.3: RSA keys of 2048 bits or more.
 fn check_rsa_size(modulus: &[u8]) -> Result<(), String> {
-    let leading_zeros = modulus.iter().take_while(|b| **b == 0).count();
-    let significant = &modulus[leading_zeros..];
-    let bits = match significant.first() {
-        None => 0,
-        Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
-    };
+    let bits = bit_len(modulus);
     if bits < 2048 {
         return Err(format!("the rsa key has {bits} bits, at least 2048 are needed"));
     }
     Ok(())
+}
+
+/// The length in bits of a big-endian unsigned number.
+pub(crate) fn bit_len(number: &[u8]) -> usize {
+    let leading_zeros = number.iter().take_while(|b| **b == 0).count();
+    let significant = &number[leading_zeros..];
+    match significant.first() {
+        None => 0,
+        Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
+    }
+}
+
+/// Header parameters that carry or point at a key (RFC 7515 section 4.1):
+/// a verifier that takes its keys from configuration must never use them.
+pub const FORBIDDEN_HEADERS: [&str; 4] = ["jku", "x5u", "jwk", "x5c"];
+
+/// What a token says about itself before any signature is checked: enough to
+/// route it to the right issuer's keys, and nothing to trust.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unverified {
+    /// The `alg` header, cut to 32 printable ASCII characters.
+    pub alg: String,
+    /// The `kid` header.
+    pub kid: Option<String>,
+    /// The `iss` claim of the (unverified) payload, when it is a string.
+    pub iss: Option<String>,
+    /// The first of [`FORBIDDEN_HEADERS`] the header carries, if any.
+    pub forbidden_header: Option<&'static str>,
+}
+
+/// Reads the header and the `iss` claim of `token` without verifying it, for
+/// routing only: the caller must still verify the token with
+/// [`TokenCodec::decode`] before trusting any of it. Tokens longer than
+/// `max_token_bytes` are rejected unread.
+pub fn inspect(token: &str, max_token_bytes: usize) -> Result<Unverified, TokenError> {
+    if token.len() > max_token_bytes {
+        return Err(TokenError::TooLong { len: token.len(), max: max_token_bytes });
+    }
+    let header = parse_header(token)?;
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => sanitize(alg),
+        Some(_) => return Err(malformed("the alg header is not a string")),
+        None => return Err(malformed("the header has no alg")),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(malformed("the kid header is not a string")),
+    };
+    let forbidden_header = FORBIDDEN_HEADERS.into_iter().find(|h| header.contains_key(*h));
+    // parse_header checked that there are three parts.
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let bytes =
+        URL_SAFE_NO_PAD.decode(payload).map_err(|_| malformed("the payload is not base64url"))?;
+    let iss = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(mut map)) => match map.remove("iss") {
+            Some(Value::String(iss)) => Some(iss),
+            _ => None,
+        },
+        Ok(_) => return Err(malformed("the payload is not a json object")),
+        Err(_) => return Err(malformed("the payload is not json")),
+    };
+    Ok(Unverified { alg, kid, iss, forbidden_header })
 }
 
 /// Parses the protected header of a compact JWS: three base64url segments,

@@ -99,6 +99,12 @@ impl Key {
         }
     }
 
+    /// A public key given by its raw components (as a JWKS document carries
+    /// them), without a key id: it only verifies.
+    pub fn public_components(components: PublicComponents) -> Key {
+        Key { kid: None, material: KeyMaterial::Components(components) }
+    }
+
     /// The same key with the key id `kid`.
     pub fn with_kid(self, kid: impl Into<String>) -> Key {
         Key { kid: Some(kid.into()), ..self }
@@ -119,6 +125,69 @@ pub enum KeyMaterial {
         /// The private key (`BEGIN PRIVATE KEY` or `BEGIN RSA PRIVATE KEY`).
         private: Option<Vec<u8>>,
     },
+    /// A public key by its raw components (verify only), for keys that
+    /// arrive as a JWK rather than a PEM file.
+    Components(PublicComponents),
+}
+
+/// The raw components of a public key, as RFC 7518 section 6 writes them in a
+/// JWK (already decoded from base64url).
+#[derive(Clone, PartialEq, Eq)]
+pub enum PublicComponents {
+    /// An RSA key (`kty: RSA`), for RS256: modulus `n` and exponent `e`,
+    /// big-endian. Keys under 2048 bits are refused.
+    Rsa {
+        /// The modulus.
+        n: Vec<u8>,
+        /// The public exponent.
+        e: Vec<u8>,
+    },
+    /// A P-256 key (`kty: EC`, `crv: P-256`), for ES256: the point's
+    /// coordinates, 32 bytes each.
+    EcP256 {
+        /// The x coordinate.
+        x: Vec<u8>,
+        /// The y coordinate.
+        y: Vec<u8>,
+    },
+    /// An Ed25519 key (`kty: OKP`, `crv: Ed25519`), for EdDSA: 32 bytes.
+    Ed25519 {
+        /// The public key.
+        x: Vec<u8>,
+    },
+}
+
+impl PublicComponents {
+    /// The one algorithm these components can verify.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            PublicComponents::Rsa { .. } => Algorithm::Rs256,
+            PublicComponents::EcP256 { .. } => Algorithm::Es256,
+            PublicComponents::Ed25519 { .. } => Algorithm::EdDsa,
+        }
+    }
+
+    /// The size of an RSA modulus in bits (leading zero bytes and bits not
+    /// counted); `None` for other keys.
+    pub fn rsa_bits(&self) -> Option<usize> {
+        match self {
+            PublicComponents::Rsa { n, .. } => Some(crate::codec::bit_len(n)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for PublicComponents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, bytes): (&str, &[u8]) = match self {
+            PublicComponents::Rsa { n, .. } => ("Rsa", n),
+            PublicComponents::EcP256 { x, .. } => ("EcP256", x),
+            PublicComponents::Ed25519 { x } => ("Ed25519", x),
+        };
+        f.debug_struct(kind)
+            .field("fingerprint", &palisade_digest::Fingerprint::of(bytes).to_string())
+            .finish()
+    }
 }
 
 impl fmt::Debug for KeyMaterial {
@@ -137,6 +206,7 @@ impl fmt::Debug for KeyMaterial {
                 )
                 .field("private", &private.as_ref().map(|_| "[redacted]"))
                 .finish(),
+            KeyMaterial::Components(components) => components.fmt(f),
         }
     }
 }

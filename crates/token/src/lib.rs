@@ -26,6 +26,11 @@
 //! tried against every configured key in order, so tokens minted before a key
 //! rotation keep working while both keys are configured.
 //!
+//! Keys may also arrive as raw public components ([`PublicComponents`], what
+//! a JWK carries), and [`inspect`] reads a token's header and `iss` without
+//! verifying it, so that a caller holding several issuers' keys (the
+//! `palisade-jwks` crate) can route a token to the right ones.
+//!
 //! This crate does no I/O and reads no clock: keys arrive as bytes and the
 //! time is a parameter. It does not fetch JWKS, does not do JWE (encrypted
 //! tokens), and keeps no revocation list (that is the server's job).
@@ -61,9 +66,10 @@ mod error;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use claims::Claims;
-pub use codec::TokenCodec;
+pub use codec::{FORBIDDEN_HEADERS, TokenCodec, Unverified, inspect};
 pub use config::{
-    DEFAULT_LEEWAY_SECS, DEFAULT_MAX_TOKEN_BYTES, Key, KeyMaterial, MAX_LEEWAY_SECS, TokenConfig,
+    DEFAULT_LEEWAY_SECS, DEFAULT_MAX_TOKEN_BYTES, Key, KeyMaterial, MAX_LEEWAY_SECS,
+    PublicComponents, TokenConfig,
 };
 pub use error::{EncodeError, KeyError, TokenError};
 

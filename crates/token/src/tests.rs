@@ -819,3 +819,80 @@ fn numeric_claims_survive_a_re_mint_exactly() {
     let again = codec.decode(&codec.encode(&claims).expect("re-mints"), NOW).expect("verifies");
     assert_eq!(again, claims);
 }
+
+/// The raw public components of a private fixture, as a JWKS would carry them.
+fn components(pem: &str, alg: jsonwebtoken::Algorithm) -> crate::PublicComponents {
+    use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        jsonwebtoken::Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+    }
+    .unwrap();
+    let b = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap();
+    match Jwk::from_encoding_key(&key, alg).unwrap().algorithm {
+        AlgorithmParameters::RSA(p) => crate::PublicComponents::Rsa { n: b(&p.n), e: b(&p.e) },
+        AlgorithmParameters::EllipticCurve(p) => {
+            crate::PublicComponents::EcP256 { x: b(&p.x), y: b(&p.y) }
+        }
+        AlgorithmParameters::OctetKeyPair(p) => crate::PublicComponents::Ed25519 { x: b(&p.x) },
+        other => panic!("unexpected jwk parameters {other:?}"),
+    }
+}
+
+#[test]
+fn public_components_verify_what_the_private_key_signs() {
+    use jsonwebtoken::Algorithm as J;
+    for (alg, j, pem) in [
+        (Algorithm::Rs256, J::RS256, RSA_PRIVATE),
+        (Algorithm::Es256, J::ES256, EC_PRIVATE),
+        (Algorithm::EdDsa, J::EdDSA, ED_PRIVATE),
+    ] {
+        let signer = codec(TokenConfig::new(alg, vec![Key::private_pem(pem).with_kid("k")]));
+        let mut claims = Claims::new("7");
+        claims.exp = Some(NOW + 60);
+        let token = signer.encode(&claims).unwrap();
+        let parts = components(pem, j);
+        assert_eq!(parts.algorithm(), alg);
+        let verifier =
+            codec(TokenConfig::new(alg, vec![Key::public_components(parts.clone()).with_kid("k")]));
+        assert!(!verifier.can_sign());
+        assert_eq!(verifier.decode(&token, NOW).unwrap().user_id, "7");
+        // Components of one kind never serve another algorithm.
+        let other = if alg == Algorithm::Rs256 { Algorithm::Es256 } else { Algorithm::Rs256 };
+        let err = TokenCodec::new(TokenConfig::new(other, vec![Key::public_components(parts)]));
+        assert!(matches!(err, Err(KeyError::WrongMaterialForAlgorithm { .. })));
+    }
+    let weak = crate::PublicComponents::Rsa { n: vec![0xff; 128], e: vec![1, 0, 1] };
+    assert_eq!(weak.rsa_bits(), Some(1024));
+    let err =
+        TokenCodec::new(TokenConfig::new(Algorithm::Rs256, vec![Key::public_components(weak)]));
+    assert!(matches!(err, Err(KeyError::BadPem { .. })));
+    let short = crate::PublicComponents::Ed25519 { x: vec![1; 31] };
+    assert!(
+        TokenCodec::new(TokenConfig::new(Algorithm::EdDsa, vec![Key::public_components(short)]))
+            .is_err()
+    );
+}
+
+#[test]
+fn inspect_reads_header_and_issuer_without_verifying() {
+    let b = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!(
+        "{}.{}.sig",
+        b(json!({"alg": "RS256", "kid": "k1", "jku": "http://evil"})),
+        b(json!({"iss": "https://idp", "sub": "u"}))
+    );
+    let u = crate::inspect(&token, 8192).unwrap();
+    assert_eq!(u.alg, "RS256");
+    assert_eq!(u.kid.as_deref(), Some("k1"));
+    assert_eq!(u.iss.as_deref(), Some("https://idp"));
+    assert_eq!(u.forbidden_header, Some("jku"));
+    let plain = format!("{}.{}.sig", b(json!({"alg": "none"})), b(json!({"iss": 5})));
+    let u = crate::inspect(&plain, 8192).unwrap();
+    assert_eq!((u.iss, u.forbidden_header), (None, None));
+    assert!(matches!(crate::inspect(&token, 10), Err(TokenError::TooLong { .. })));
+    assert!(matches!(crate::inspect("a.b", 8192), Err(TokenError::Malformed(_))));
+    let bad_payload = format!("{}.!!.sig", b(json!({"alg": "RS256"})));
+    assert!(matches!(crate::inspect(&bad_payload, 8192), Err(TokenError::Malformed(_))));
+}

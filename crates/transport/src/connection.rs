@@ -45,6 +45,15 @@ pub trait Handler: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Called when the server begins to drain (shutdown was cancelled), at this connection's
+    /// moment of [`crate::Drain`]'s spread; returns the close to send. `restart` is true when a
+    /// successor process serves on the same sockets. The default is 1001 for either.
+    fn on_drain(&mut self, restart: bool, spread: Duration) -> Close {
+        let _ = spread;
+        let reason = if restart { "server restarting" } else { "server shutting down" };
+        Close::new(close_code::GOING_AWAY, reason)
+    }
+
     /// Called for each message pushed through a [`ConnHandle`], before it is queued; returns
     /// the message to send (e.g. wrapped in a subprotocol's envelope). The default keeps it.
     fn on_push(&mut self, msg: Message) -> Message {
@@ -261,18 +270,28 @@ where
     tokio::pin!(cancelled);
     let notified = shared.notify.notified();
     tokio::pin!(notified);
+    // Set once shutdown is cancelled and the drain spreads closes: this connection's moment.
+    let mut drain_at: Option<Instant> = None;
     loop {
-        let wake = next_ping.min(last_seen + cfg.idle_timeout).min(ctx.deadline.unwrap_or(far));
+        let wake = next_ping
+            .min(last_seen + cfg.idle_timeout)
+            .min(ctx.deadline.unwrap_or(far))
+            .min(drain_at.unwrap_or(far));
         if wake < armed || timer.is_elapsed() {
             armed = wake;
             timer.as_mut().reset(wake);
         }
         tokio::select! {
             biased;
-            () = &mut cancelled => {
-                let close = Close::new(close_code::GOING_AWAY, "server shutting down");
-                let prelude = handler.on_closing(&close);
-                return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
+            () = &mut cancelled, if drain_at.is_none() => {
+                let delay = cfg.drain.delay(ctx.info.id);
+                if delay.is_zero() {
+                    let close = handler.on_drain(cfg.drain.restart(), cfg.drain.spread());
+                    let prelude = handler.on_closing(&close);
+                    return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
+                }
+                // Served on until its moment; the timer branch closes it then.
+                drain_at = Some(Instant::now() + delay);
             }
             () = &mut notified => {
                 notified.set(shared.notify.notified());
@@ -362,6 +381,11 @@ where
             }
             () = &mut timer => {
                 let now = Instant::now();
+                if drain_at.is_some_and(|d| now >= d) {
+                    let close = handler.on_drain(cfg.drain.restart(), cfg.drain.spread());
+                    let prelude = handler.on_closing(&close);
+                    return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
+                }
                 if now >= last_seen + cfg.idle_timeout {
                     return Box::pin(fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg)).await;
                 }

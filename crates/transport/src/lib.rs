@@ -57,6 +57,7 @@
 //! ```
 
 mod connection;
+mod drain;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -71,6 +72,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use connection::{ConnHandle, Context, Handler, SendError};
+pub use drain::Drain;
 pub use error::{ConnError, Outcome};
 pub use handshake::{Accept, HandshakeError, HandshakeRequest, Rejection};
 pub use listener::{ConnId, ConnInfo, Endpoint, Refusal, serve};
@@ -91,6 +93,8 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Internal server error.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is restarting (an upgrade); reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// The server is over capacity; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
@@ -128,6 +132,9 @@ pub struct TransportConfig {
     /// can swap certificates through a `rustls::server::ResolvesServerCert`); this crate reads
     /// no files.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How open connections are closed at shutdown (all at once unless [`Drain::begin`] was
+    /// called).
+    pub drain: Arc<Drain>,
 }
 
 impl TransportConfig {
@@ -146,6 +153,7 @@ impl TransportConfig {
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
             tls: None,
+            drain: Arc::default(),
         }
     }
 }

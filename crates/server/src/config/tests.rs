@@ -121,3 +121,58 @@ fn redis_url_comes_from_the_environment_and_never_prints() {
     c.validate().unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn issuer_entries_are_checked_with_their_index() {
+    let entry = |extra: &str| {
+        format!(
+            "[[auth.issuers]]\nissuer = \"https://idp.example.com\"\naudience = \"palisade\"\n{extra}"
+        )
+    };
+    let ok = Config::from_toml(&entry("jwks_url = \"https://idp.example.com/certs\"\n")).unwrap();
+    let i = &ok.auth.issuers[0];
+    assert_eq!((i.cache_secs, i.min_refetch_secs, i.max_stale_secs), (300, 30, 86_400));
+    assert_eq!(i.algorithms, ["RS256", "ES256", "EdDSA"]);
+    check_err(&entry("jwks_url = \"https://x/c\"\nrefetch = 1\n"), "unknown field `refetch`");
+    check_err("[[auth.issuers]]\nissuer = \"i\"\njwks_url = \"https://x/c\"\n", "audience");
+    check_err(
+        &entry(""),
+        "auth.issuers[0] (\"https://idp.example.com\") needs jwks_url or discovery_url",
+    );
+    check_err(
+        &entry("jwks_url = \"https://x/c\"\ndiscovery_url = \"https://x/d\"\n"),
+        "sets both jwks_url and discovery_url",
+    );
+    check_err(&entry("jwks_url = \"ftp://x/c\"\n"), "not an http:// or https:// URL");
+    check_err(&entry("jwks_url = \"https://x/c\"\nalgorithms = [\"HS256\"]\n"), "shared-secret");
+    check_err(
+        &entry("jwks_url = \"https://x/c\"\nalgorithms = [\"PS256\"]\n"),
+        "auth.issuers[0].algorithms",
+    );
+    check_err(
+        &entry("jwks_url = \"https://x/c\"\ncache_secs = 10\n"),
+        "must not be below min_refetch_secs",
+    );
+    let twice = format!(
+        "{}{}",
+        entry("jwks_url = \"https://x/c\"\n"),
+        entry("jwks_url = \"https://x/d\"\n")
+    );
+    check_err(&twice, "auth.issuers[1]: issuer \"https://idp.example.com\" is configured twice");
+}
+
+#[test]
+fn plain_http_to_a_remote_idp_is_a_posture_finding() {
+    let with = |url: &str| {
+        let text =
+            format!("[[auth.issuers]]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"{url}\"\n");
+        crate::posture::findings(&Config::from_toml(&text).unwrap())
+            .into_iter()
+            .filter(|f| f.key == "auth.issuers")
+            .count()
+    };
+    assert_eq!(with("http://idp.example.com/certs"), 1);
+    assert_eq!(with("http://127.0.0.1:8080/certs"), 0);
+    assert_eq!(with("http://localhost:8080/certs"), 0);
+    assert_eq!(with("https://idp.example.com/certs"), 0);
+}

@@ -351,7 +351,7 @@ impl<H: Handler> Conn<H> {
                     ctx,
                 )
                 .map(|()| None),
-            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).map(|()| None),
+            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).await.map(|()| None),
             (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self
                 .v1_state()?
                 .fail(CloseCause::NotAuthenticated, "send an `auth` envelope first")),
@@ -359,7 +359,7 @@ impl<H: Handler> Conn<H> {
     }
 
     async fn v1_auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
-        match self.verify(token) {
+        match self.verify(token).await {
             Ok(claims) => self.start_session(claims, ctx).await,
             Err(e) if e.is_expired() => {
                 Err(self.v1_state()?.fail(CloseCause::TokenExpired, "the token has expired"))
@@ -388,8 +388,8 @@ impl<H: Handler> Conn<H> {
         }))
     }
 
-    fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
-        let claims = match self.verify(token) {
+    async fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
+        let claims = match self.verify(token).await {
             Ok(claims) => claims,
             Err(e) if e.is_expired() => {
                 return self.v1_refresh_failed(

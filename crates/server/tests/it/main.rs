@@ -3,8 +3,10 @@
 
 mod admin;
 mod clients;
+mod deploy;
 mod echo;
 mod firewall;
+mod jwks;
 mod lifecycle;
 mod monitoring;
 mod per_ip;

@@ -127,6 +127,11 @@ impl Server {
         }
     }
 
+    /// The configuration file the server was started with (tests rewrite it to reload).
+    pub(crate) fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("palisade.toml")
+    }
+
     /// The process id, for signals.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
