@@ -161,6 +161,10 @@ impl Reloader {
         if let (Some(store), true) = (&self.tls, same_tls_files) {
             match store.reload() {
                 Ok(info) => {
+                    tracing::info!(subject = %info.subject, not_after = %info.not_after_text, sha256 = %info.sha256, "tls certificate reloaded; new connections use it");
+                    if let Some(warning) = info.validity_warning(std::time::SystemTime::now()) {
+                        tracing::warn!(kind = "tls_certificate", subject = %info.subject, "{warning}");
+                    }
                     report.tls_certificate = Some(info.subject.clone());
                     self.audit.record(|| palisade_audit::Event::CertReload {
                         ok: true,
@@ -170,6 +174,11 @@ impl Reloader {
                 Err(e) => {
                     // The files were loadable a moment ago (`check`); the old certificate stays.
                     let detail = format!("{e:#}");
+                    tracing::error!(
+                        kind = "tls_reload",
+                        error = %detail,
+                        "tls reload failed; the current certificate stays in use"
+                    );
                     self.audit.record(|| palisade_audit::Event::CertReload { ok: false, detail });
                 }
             }
