@@ -360,3 +360,41 @@ async fn v1_refresh_with_another_issuers_token_follows_the_same_rules() {
     ws.send(Message::text(send(other, "refresh"))).await.expect("send refresh");
     assert_eq!(envelope(next_message(&mut ws).await)["type"], "error");
 }
+
+/// `palisade token` (`server::mint`) puts `[auth] issuer`/`audience` in `iss`/`aud`, so its RS256
+/// tokens pass both a static key requiring them and a JWKS issuer publishing the same key (what
+/// `cargo xtask bench --only S4j` compares).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_rs256_tokens_carry_iss_and_aud_for_the_static_key_and_an_issuer() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../token/tests/fixtures");
+    let (public, private) = (fixtures.join("rsa-public.pem"), fixtures.join("rsa-private.pem"));
+    let mut config = palisade_server::config::Config::default();
+    config.auth.algorithm = "RS256".into();
+    config.auth.public_key_file = Some(public.clone());
+    config.auth.private_key_file = Some(private);
+    config.auth.issuer = Some("https://a.example".into());
+    config.auth.audience = Some("palisade".into());
+    let token =
+        palisade_server::server::mint(&config, "u", Duration::from_secs(600), None).expect("mint");
+
+    let static_key = Server::start(&format!(
+        "auth.algorithm = \"RS256\"\nauth.public_key_file = {:?}\n\
+         auth.issuer = \"https://a.example\"\nauth.audience = \"palisade\"",
+        public.display().to_string()
+    ));
+    assert_accepted(&static_key, &token).await;
+
+    let idp = Idp::start(vec![TestKey::rsa().jwk("k1")]).await;
+    let jwks = Server::start(&format!(
+        "auth.algorithm = \"RS256\"\n{}",
+        issuers(&[issuer(&idp, "https://a.example", ", algorithms = [\"RS256\"]")])
+    ));
+    assert_accepted(&jwks, &token).await;
+
+    // Without `issuer`/`audience` in the configuration, neither claim is set.
+    config.auth.issuer = None;
+    config.auth.audience = None;
+    let plain =
+        palisade_server::server::mint(&config, "u", Duration::from_secs(600), None).expect("mint");
+    assert_refused(&jwks, &plain).await;
+}
