@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::jwks::{JwksServer, jwks_json, rsa_public_jwk};
 use crate::process::{self, PalisadeProcess, mint};
 use crate::{cargo, root, status};
 
@@ -34,6 +35,11 @@ enum Target {
     Echo,
     Secure,
     Baseline,
+    /// The secure endpoint verifying RS256 tokens with the static `[auth] public_key_file` (S4j).
+    SecureRs256,
+    /// The secure endpoint verifying the same RS256 tokens through an `[[auth.issuers]]` entry
+    /// whose keys come from a loopback JWKS server (S4j).
+    SecureJwks,
 }
 
 impl Target {
@@ -42,6 +48,8 @@ impl Target {
             Target::Echo => "palisade-echo",
             Target::Secure => "palisade-secure",
             Target::Baseline => "tungstenite",
+            Target::SecureRs256 => "palisade-rs256",
+            Target::SecureJwks => "palisade-jwks",
         }
     }
 }
@@ -136,6 +144,10 @@ struct Sample {
     connections: f64,
     errors: f64,
     first_error: Option<String>,
+    /// Requests to the JWKS server between `measure_start` and `measure_end` (S4j, JWKS issuer).
+    jwks_measured: Option<f64>,
+    /// Requests to the JWKS server from the server's start to its stop (the start fetches once).
+    jwks_run: Option<f64>,
 }
 
 /// A scenario: what the load generator is told, for which targets.
@@ -191,6 +203,13 @@ fn scenarios(plan: &Plan) -> Vec<Scenario> {
             idle: false,
         },
         Scenario {
+            id: "S4j",
+            title: "handshakes/s with RS256 tokens: `[[auth.issuers]]` (keys from a loopback JWKS server) vs the static `[auth]` public key",
+            targets: &[Target::SecureRs256, Target::SecureJwks],
+            args: timed("handshake", &["--concurrency", "32", "--sources", SOURCES]),
+            idle: false,
+        },
+        Scenario {
             id: "S5",
             title: "idle connections (secure: authenticated sessions): server RSS per connection",
             targets: all,
@@ -229,6 +248,9 @@ fn scenarios(plan: &Plan) -> Vec<Scenario> {
 const SOURCES: &str = "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4";
 
 pub(crate) fn bench(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--restart") {
+        return crate::bench_restart::run(args);
+    }
     let plan = parse(args)?;
     let started = Instant::now();
     let mut build = cargo();
@@ -247,10 +269,18 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     status(build)?;
     let bins = target_dir().join("release");
     let work = process::temp_dir("bench")?;
-    let config = write_config(&work, plan.hold_conns.max(plan.idle_conns) + 1000)?;
+    let max_connections = plan.hold_conns.max(plan.idle_conns) + 1000;
+    let secret = process::write_secret(&work)?;
+    let auth = format!("[auth]\nsecret_file = {:?}\n", secret.display().to_string());
+    let config = write_config(&work, "palisade.toml", max_connections, &auth)?;
     let palisade = bins.join("palisade");
     let token = mint(&palisade, &config, "bench")?;
-    let env = Env { bins, work: work.clone(), config, token };
+    let rs256 = if plan.wants("S4j") {
+        Some(Rs256::set_up(&work, &palisade, max_connections)?)
+    } else {
+        None
+    };
+    let env = Env { bins, work: work.clone(), config, token, rs256 };
 
     let mut results = Vec::new();
     for sc in scenarios(&plan).into_iter().filter(|s| plan.wants(s.id)) {
@@ -294,6 +324,54 @@ struct Env {
     work: PathBuf,
     config: PathBuf,
     token: String,
+    /// S4j's configurations, token and JWKS server (when S4j runs).
+    rs256: Option<Rs256>,
+}
+
+/// The `iss` and `aud` of S4j's tokens, required by both of its configurations.
+const BENCH_ISSUER: &str = "https://idp.bench.invalid/realms/bench";
+const BENCH_AUDIENCE: &str = "palisade-bench";
+
+/// S4j: one RSA 2048 key pair (the token crate's test fixture: not a secret), a token signed
+/// with it, a configuration verifying it with the static public key and one verifying it through
+/// an `[[auth.issuers]]` entry served by a loopback JWKS server.
+struct Rs256 {
+    static_config: PathBuf,
+    jwks_config: PathBuf,
+    token: String,
+    jwks: JwksServer,
+}
+
+impl Rs256 {
+    fn set_up(work: &Path, palisade: &Path, max_connections: usize) -> Result<Rs256, String> {
+        let fixtures = root().join("crates/token/tests/fixtures");
+        let (public, private) = (fixtures.join("rsa-public.pem"), fixtures.join("rsa-private.pem"));
+        let pem = fs::read_to_string(&public)
+            .map_err(|e| format!("cannot read {}: {e}", public.display()))?;
+        let jwk =
+            rsa_public_jwk(&pem, "bench").map_err(|e| format!("{}: {e}", public.display()))?;
+        let jwks = JwksServer::start(jwks_json(&[jwk]))?;
+        let static_auth = format!(
+            "[auth]\nalgorithm = \"RS256\"\npublic_key_file = {:?}\n\
+             issuer = {BENCH_ISSUER:?}\naudience = {BENCH_AUDIENCE:?}\n",
+            public.display().to_string()
+        );
+        let static_config =
+            write_config(work, "palisade-rs256.toml", max_connections, &static_auth)?;
+        // Only `palisade token` sees the private key; it sets `iss` and `aud` from `[auth]`.
+        let mint_auth =
+            format!("{static_auth}private_key_file = {:?}\n", private.display().to_string());
+        let mint_config = write_config(work, "palisade-mint.toml", max_connections, &mint_auth)?;
+        let token = mint(palisade, &mint_config, "bench")?;
+        let jwks_auth = format!(
+            "[auth]\nalgorithm = \"RS256\" # no static key: only the issuer below\n\n\
+             [[auth.issuers]]\nissuer = {BENCH_ISSUER:?}\njwks_url = {:?}\n\
+             audience = {BENCH_AUDIENCE:?}\nalgorithms = [\"RS256\"]\n",
+            jwks.url()
+        );
+        let jwks_config = write_config(work, "palisade-jwks.toml", max_connections, &jwks_auth)?;
+        Ok(Rs256 { static_config, jwks_config, token, jwks })
+    }
 }
 
 fn target_dir() -> PathBuf {
@@ -302,24 +380,27 @@ fn target_dir() -> PathBuf {
 
 /// The benchmark configuration: the defaults (every layer on), with the limits that would
 /// refuse a benchmark from one machine raised (connection caps, per-IP rates, session caps).
-fn write_config(work: &Path, max_connections: usize) -> Result<PathBuf, String> {
-    let secret = process::write_secret(work)?;
+fn write_config(
+    work: &Path,
+    name: &str,
+    max_connections: usize,
+    auth: &str,
+) -> Result<PathBuf, String> {
     let text = format!(
         "# Written by `cargo xtask bench`; see docs/benchmarks.md.\n\
          [echo]\nlisten = \"127.0.0.1:0\"\n\n\
          [secure]\nlisten = \"127.0.0.1:0\"\nmax_sessions_per_user = 0\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [auth]\nsecret_file = {:?}\n\n\
+         {auth}\n\
          [limits]\nmax_connections = {max_connections}\n\n\
          # On, with rates one load generator on one address stays under.\n\
          [firewall]\nmax_connections_per_ip = {max_connections}\n\
          handshakes_per_sec_per_ip = 1000000\nhandshake_burst = 1000000\n\
          messages_per_sec = 1000000\nmessage_burst = 1000000\n\n\
          [log]\ndir = {:?}\nlevel = \"info\"\n",
-        secret.display().to_string(),
         work.join("log").display().to_string()
     );
-    let config = work.join("palisade.toml");
+    let config = work.join(name);
     fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     Ok(config)
 }
@@ -351,7 +432,15 @@ impl Server {
             return Ok(Server::Baseline { child, addr });
         }
         cmd.arg(env.bins.join("palisade"));
-        Ok(Server::Palisade(PalisadeProcess::start(cmd, &env.config, &env.work)?))
+        let config = match (target, &env.rs256) {
+            (Target::SecureRs256, Some(rs)) => &rs.static_config,
+            (Target::SecureJwks, Some(rs)) => &rs.jwks_config,
+            (Target::SecureRs256 | Target::SecureJwks, None) => {
+                return Err("S4j's configurations were not written".into());
+            }
+            _ => &env.config,
+        };
+        Ok(Server::Palisade(PalisadeProcess::start(cmd, config, &env.work)?))
     }
 
     fn pid(&self) -> u32 {
@@ -363,7 +452,9 @@ impl Server {
 
     fn url(&self, target: Target) -> String {
         match (self, target) {
-            (Server::Palisade(p), Target::Secure) => format!("ws://{}/", p.secure),
+            (Server::Palisade(p), Target::Secure | Target::SecureRs256 | Target::SecureJwks) => {
+                format!("ws://{}/", p.secure)
+            }
             (Server::Palisade(p), _) => format!("ws://{}/", p.echo),
             (Server::Baseline { addr, .. }, _) => format!("ws://{addr}/"),
         }
@@ -388,6 +479,12 @@ impl Server {
 
 /// Runs the load generator once against a fresh server of `target`.
 fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
+    // Requests to S4j's JWKS server, counted for the JWKS target only.
+    let jwks_requests = || match (target, &env.rs256) {
+        (Target::SecureJwks, Some(rs)) => Some(rs.jwks.requests() as f64),
+        _ => None,
+    };
+    let jwks_before = jwks_requests();
     let server = Server::start(env, target)?;
     let pid = server.pid();
     let rss_before = rss_kib(pid)?;
@@ -400,6 +497,10 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
         }
         Target::Secure => {
             cmd.args(["--prefix", "Server received: ", "--token", &env.token]);
+        }
+        Target::SecureRs256 | Target::SecureJwks => {
+            let token = env.rs256.as_ref().map(|rs| rs.token.as_str()).unwrap_or_default();
+            cmd.args(["--prefix", "Server received: ", "--token", token]);
         }
         Target::Baseline => {}
     }
@@ -416,6 +517,7 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
     let mut sample = Sample::default();
     let mut cpu_start = None;
     let mut cpu_end = None;
+    let (mut jwks_start, mut jwks_end) = (None, None);
     let mut client_cpu = 0.0;
     let run_started = Instant::now();
     let limit = Duration::from_secs(600);
@@ -431,9 +533,13 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
             }
         };
         match field_str(&line, "event").as_deref() {
-            Some("measure_start") => cpu_start = Some((cpu_secs(pid)?, Instant::now())),
+            Some("measure_start") => {
+                cpu_start = Some((cpu_secs(pid)?, Instant::now()));
+                jwks_start = jwks_requests();
+            }
             Some("measure_end") => {
                 cpu_end = Some((cpu_secs(pid)?, Instant::now()));
+                jwks_end = jwks_requests();
                 client_cpu = cpu_secs(load_pid).unwrap_or(0.0);
             }
             Some("ready") => {
@@ -455,6 +561,12 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
         sample.rss_kib = rss_kib(pid).unwrap_or(0.0);
     }
     server.stop()?;
+    if let (Some(a), Some(b)) = (jwks_start, jwks_end) {
+        sample.jwks_measured = Some(b - a);
+    }
+    if let (Some(a), Some(b)) = (jwks_before, jwks_requests()) {
+        sample.jwks_run = Some(b - a);
+    }
     sample.errors = field(&line, "errors").unwrap_or(0.0);
     sample.first_error = field_str(&line, "first_error");
     sample.p50_us = field(&line, "p50_us").unwrap_or(0.0);
@@ -492,8 +604,12 @@ fn describe(sc: &Scenario, s: &Sample) -> String {
             s.rss_kib / 1024.0
         );
     }
+    let jwks = match (s.jwks_measured, s.jwks_run) {
+        (Some(m), Some(r)) => format!("  JWKS requests {m:.0} measured, {r:.0} in the run"),
+        _ => String::new(),
+    };
     format!(
-        "{:>9.0}/s  {:>9.0}/server-CPU-s  server CPU {:>3.0}%  client CPU {:>3.0}%  p50 {:.0} µs  p99 {:.0} µs{errors}",
+        "{:>9.0}/s  {:>9.0}/server-CPU-s  server CPU {:>3.0}%  client CPU {:>3.0}%  p50 {:.0} µs  p99 {:.0} µs{jwks}{errors}",
         s.rate,
         s.per_cpu,
         s.server_cpu * 100.0,
@@ -600,6 +716,9 @@ struct Row {
     connections: f64,
     errors: f64,
     reps: usize,
+    /// Most JWKS requests in one run's measured phase, and from start to stop (S4j).
+    jwks_measured_max: Option<f64>,
+    jwks_run_max: Option<f64>,
 }
 
 impl Report<'_> {
@@ -610,6 +729,8 @@ impl Report<'_> {
                 let of: Vec<&Sample> =
                     samples.iter().filter(|(x, _)| *x == t).map(|(_, s)| s).collect();
                 let m = |f: fn(&Sample) -> f64| median(of.iter().map(|s| f(s)).collect());
+                let max =
+                    |f: fn(&Sample) -> Option<f64>| of.iter().filter_map(|s| f(s)).reduce(f64::max);
                 Row {
                     target: t,
                     rate: m(|s| s.rate),
@@ -624,20 +745,24 @@ impl Report<'_> {
                     connections: m(|s| s.connections),
                     errors: of.iter().map(|s| s.errors).sum(),
                     reps: of.len(),
+                    jwks_measured_max: max(|s| s.jwks_measured),
+                    jwks_run_max: max(|s| s.jwks_run),
                 }
             })
             .collect()
     }
 
-    fn baseline(rows: &[Row]) -> Option<&Row> {
-        rows.iter().find(|r| r.target == Target::Baseline)
+    /// The row ratios are taken against: the static RS256 key in S4j, else the baseline.
+    fn baseline<'r>(sc: &Scenario, rows: &'r [Row]) -> Option<&'r Row> {
+        let reference = if sc.id == "S4j" { Target::SecureRs256 } else { Target::Baseline };
+        rows.iter().find(|r| r.target == reference)
     }
 
     fn table(&self) -> String {
         let mut out = String::new();
         for (sc, samples) in self.results {
             let rows = Self::rows(samples, sc.targets);
-            let base = Self::baseline(&rows);
+            let base = Self::baseline(sc, &rows);
             let _ = writeln!(out, "### {} — {}\n", sc.id, sc.title);
             if sc.idle {
                 out.push_str("| server | connections | KiB per connection | server RSS MiB, all connected | ratio to baseline | errors |\n");
@@ -658,7 +783,7 @@ impl Report<'_> {
                     );
                 }
             } else {
-                let unit = if sc.id == "S4" { "handshakes" } else { "msgs" };
+                let unit = if sc.id.starts_with("S4") { "handshakes" } else { "msgs" };
                 let _ = writeln!(
                     out,
                     "| server | {unit}/s | {unit}/server-CPU-s | ratio per CPU-s | ratio per s | server CPU | client CPU | p50 µs | p99 µs | p99.9 µs | errors |"
@@ -689,6 +814,17 @@ impl Report<'_> {
             }
             let reps = rows.first().map(|r| r.reps).unwrap_or(0);
             let _ = writeln!(out, "\nMedians of {reps} runs per server.\n");
+            if let Some(r) = rows.iter().find(|r| r.jwks_measured_max.is_some()) {
+                let _ = writeln!(
+                    out,
+                    "Ratios are to {} (the static key). Requests to the JWKS server, most in one \
+                     run: {:.0} while measuring, {:.0} from the server's start to its stop (its \
+                     start fetches the keys once).\n",
+                    Target::SecureRs256.name(),
+                    r.jwks_measured_max.unwrap_or(0.0),
+                    r.jwks_run_max.unwrap_or(0.0)
+                );
+            }
         }
         out
     }
@@ -732,7 +868,7 @@ impl Report<'_> {
         };
         for (sc, samples) in self.results {
             let rows = Self::rows(samples, sc.targets);
-            let base = Self::baseline(&rows);
+            let base = Self::baseline(sc, &rows);
             for r in rows.iter().filter(|r| r.target != Target::Baseline) {
                 match sc.id {
                     "S1" | "S2" | "S3" => {
@@ -767,6 +903,29 @@ impl Report<'_> {
                             format!("{wall:.2}x"),
                             wall >= goal,
                         );
+                    }
+                    "S4j" => {
+                        if r.target != Target::SecureJwks {
+                            continue;
+                        }
+                        let Some(b) = base.filter(|b| b.per_cpu > 0.0) else { continue };
+                        let ratio = r.per_cpu / b.per_cpu;
+                        line(
+                            sc.id,
+                            r.target,
+                            ">= 0.90x static RS256 key handshakes/server-CPU-s",
+                            format!("{ratio:.2}x"),
+                            ratio >= 0.9,
+                        );
+                        if let Some(n) = r.jwks_measured_max {
+                            line(
+                                sc.id,
+                                r.target,
+                                "<= 1 JWKS request while measuring (the cache serves)",
+                                format!("{n:.0} (most in one run)"),
+                                n <= 1.0,
+                            );
+                        }
                     }
                     "S5" => {
                         let kib = if r.target == Target::Echo { 8.0 } else { 10.0 };
@@ -817,9 +976,15 @@ impl Report<'_> {
                 sc.id, sc.title
             );
             for (j, r) in rows.iter().enumerate() {
+                let jwks = match (r.jwks_measured_max, r.jwks_run_max) {
+                    (Some(m), Some(all)) => format!(
+                        ", \"jwks_requests_measured_max\": {m:.0}, \"jwks_requests_per_run_max\": {all:.0}"
+                    ),
+                    _ => String::new(),
+                };
                 let _ = write!(
                     out,
-                    "      {{\"server\": {:?}, \"rate_per_sec\": {:.1}, \"per_server_cpu_sec\": {:.1}, \"server_cpu\": {:.3}, \"client_cpu\": {:.3}, \"p50_us\": {:.0}, \"p99_us\": {:.0}, \"p999_us\": {:.0}, \"bytes_per_connection\": {:.0}, \"rss_kib\": {:.0}, \"connections\": {:.0}, \"errors\": {:.0}, \"runs\": {}}}",
+                    "      {{\"server\": {:?}, \"rate_per_sec\": {:.1}, \"per_server_cpu_sec\": {:.1}, \"server_cpu\": {:.3}, \"client_cpu\": {:.3}, \"p50_us\": {:.0}, \"p99_us\": {:.0}, \"p999_us\": {:.0}, \"bytes_per_connection\": {:.0}, \"rss_kib\": {:.0}, \"connections\": {:.0}, \"errors\": {:.0}, \"runs\": {}{jwks}}}",
                     r.target.name(),
                     r.rate,
                     r.per_cpu,
@@ -874,5 +1039,71 @@ mod tests {
         assert!(parse(&args(&["--quick", "--write"])).unwrap().write);
         assert!(!parse(&args(&["--only", "S1"])).unwrap().write);
         assert!(parse(&args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn s4j_runs_in_full_and_quick_runs_and_alone() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        for plan in [parse(&args(&[])).unwrap(), parse(&args(&["--quick"])).unwrap()] {
+            assert!(scenarios(&plan).iter().any(|s| s.id == "S4j" && plan.wants(s.id)));
+        }
+        let plan = parse(&args(&["--only", "s4j", "--reps", "3"])).unwrap();
+        let wanted: Vec<&str> =
+            scenarios(&plan).iter().filter(|s| plan.wants(s.id)).map(|s| s.id).collect();
+        assert_eq!(wanted, ["S4j"]);
+        assert!(!plan.write);
+    }
+
+    #[test]
+    fn s4j_reports_the_jwks_ratio_to_the_static_key_and_the_jwks_requests() {
+        let plan = parse(&[]).unwrap();
+        let sc = scenarios(&plan).into_iter().find(|s| s.id == "S4j").unwrap();
+        let sample = |per_cpu: f64, jwks: Option<f64>| Sample {
+            rate: per_cpu,
+            per_cpu,
+            jwks_measured: jwks,
+            jwks_run: jwks.map(|j| j + 1.0),
+            ..Sample::default()
+        };
+        let samples = vec![
+            (Target::SecureRs256, sample(1000.0, None)),
+            (Target::SecureJwks, sample(950.0, Some(0.0))),
+            (Target::SecureJwks, sample(930.0, Some(1.0))),
+            (Target::SecureRs256, sample(1000.0, None)),
+        ];
+        let results = vec![(sc, samples)];
+        let report = Report { plan: &plan, results: &results, machine: "test" };
+        let targets = report.targets();
+        assert!(
+            targets.contains(
+                "| S4j | palisade-jwks | >= 0.90x static RS256 key handshakes/server-CPU-s | 0.94x | yes |"
+            ),
+            "{targets}"
+        );
+        assert!(targets.contains("| 1 (most in one run) | yes |"), "{targets}");
+        assert!(!targets.contains("palisade-rs256"), "{targets}");
+        let table = report.table();
+        assert!(table.contains("| server | handshakes/s |"), "{table}");
+        assert!(table.contains("| palisade-jwks | 940 | 940 | 0.94 | 0.94 |"), "{table}");
+        assert!(table.contains("1 while measuring, 2 from the server's start"), "{table}");
+        let json = report.json();
+        assert!(
+            json.contains("\"jwks_requests_measured_max\": 1, \"jwks_requests_per_run_max\": 2}")
+        );
+    }
+
+    #[test]
+    fn configs_carry_the_auth_section() {
+        let work = process::temp_dir("bench-config-test").unwrap();
+        let auth = "[auth]\nalgorithm = \"RS256\"\n\n[[auth.issuers]]\nissuer = \"i\"\n";
+        let path = write_config(&work, "x.toml", 10, auth).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let _ = fs::remove_dir_all(&work);
+        assert!(
+            text.contains("[admin]\nlisten = \"127.0.0.1:0\"\n\n[auth]\nalgorithm = \"RS256\"\n")
+        );
+        assert!(
+            text.contains("[[auth.issuers]]\nissuer = \"i\"\n\n[limits]\nmax_connections = 10\n")
+        );
     }
 }

@@ -5,7 +5,9 @@
 
 mod autobahn;
 mod bench;
+mod bench_restart;
 mod fuzz;
+mod jwks;
 mod process;
 
 use std::env;
@@ -43,7 +45,13 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}{}{}{}", autobahn::USAGE, fuzz::USAGE, bench::USAGE);
+            print!(
+                "{USAGE}{}{}{}{}",
+                autobahn::USAGE,
+                fuzz::USAGE,
+                bench::USAGE,
+                bench_restart::USAGE
+            );
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),

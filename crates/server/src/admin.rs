@@ -36,6 +36,8 @@ pub(crate) struct AdminState {
     pub(crate) issuers: Option<palisade_jwks::Verifier>,
     pub(crate) reloader: Arc<crate::reload::Reloader>,
     pub(crate) handover: Arc<crate::upgrade::Handover>,
+    /// The node's channels (`/channels`).
+    pub(crate) channels: Arc<crate::channels::Hub>,
 }
 
 /// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
@@ -73,6 +75,7 @@ fn router(state: AdminState) -> Router {
         .route("/reload", post(crate::reload::admin_reload))
         .route("/upgrade", post(crate::upgrade::admin_upgrade))
         .merge(crate::dashboard::feed_routes())
+        .merge(crate::channels::admin::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
     Router::new()
@@ -114,9 +117,14 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Ready while serving; 503 once shutdown has begun.
+/// Ready while serving; 503 once a shutdown has begun, for its whole drain (the admin API
+/// answers until the connections are gone). After an upgrade the node stays ready: the
+/// successor serves on the same sockets and answers this on the admin socket, and this process
+/// (should a request still reach it) says the same.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.handover.done().is_cancelled() {
+        "ready\nupgrade: a new process serves; this one drains\n".into_response()
+    } else if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
         format!("ready\n{}", crate::cluster::readiness(state.cluster.state.as_ref()))
@@ -133,6 +141,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     crate::cluster::append_metrics(&mut body, state.cluster.state.as_ref());
     crate::issuers::append_metrics(&mut body, state.issuers.as_ref());
     state.reloader.append_metrics(&mut body);
+    crate::channels::append_metrics(&mut body, &state.channels);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use palisade_transport::{Close, ConnInfo, Context, Message};
 
+pub use crate::channels::{Authorization, Denied};
 use crate::sessions::{SessionInfo, SessionRegistry};
 
 /// Everything a [`Handler`] knows about the client that sent a message.
@@ -46,6 +47,32 @@ pub trait Handler: Send + Sync + 'static {
     /// A session has ended, however it ended.
     fn on_session_end(&self, session: &SessionInfo, sessions: &SessionRegistry) {
         let _ = (session, sessions);
+    }
+
+    /// May `session` subscribe to `channel`? `grant` is what the token's grants and
+    /// `channels.public` decided; the default returns it. Return `Err(Denied::new(".."))` to
+    /// refuse (the client gets `permission_denied` with that detail). Also asked again for every
+    /// subscription at each token refresh; a refusal then ends it with `permission_revoked`.
+    fn authorize_subscribe(
+        &self,
+        session: &SessionInfo,
+        channel: &str,
+        grant: Authorization,
+    ) -> Authorization {
+        let _ = (session, channel);
+        grant
+    }
+
+    /// May `session` publish to `channel`? `grant` is the token's grants' decision; the
+    /// default returns it.
+    fn authorize_publish(
+        &self,
+        session: &SessionInfo,
+        channel: &str,
+        grant: Authorization,
+    ) -> Authorization {
+        let _ = (session, channel);
+        grant
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Config {
     pub audit: AuditSection,
     /// Several nodes sharing state through Redis (docs/cluster.md).
     pub cluster: ClusterSection,
+    /// Publish/subscribe channels over `palisade.v1` (docs/subprotocol.md#channels).
+    pub channels: ChannelsConfig,
     /// The file this was read from ([`Config::from_file`]); a live reload reads it again.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -352,6 +354,41 @@ impl Default for LogSection {
     }
 }
 
+/// `[channels]`: publish/subscribe over `palisade.v1`, in memory on this node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// Publications held per channel for `history` and recovery (0: none).
+    pub history_size: usize,
+    /// Seconds a publication is held (0: until pushed out by newer ones).
+    pub history_ttl_secs: u64,
+    /// Bytes of history held by this node, all channels together.
+    pub history_max_bytes: usize,
+    /// Channels one session may subscribe to at once.
+    pub max_subscriptions_per_session: usize,
+    /// Publish `{"presence":"join"|"leave","user_id":..}` when a user's first session
+    /// subscribes to a channel or its last one leaves.
+    pub presence_events: bool,
+    /// The token claim mapping channel patterns to rights.
+    pub grants_claim: String,
+    /// Channel patterns any authenticated session may subscribe to.
+    pub public: Vec<String>,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> ChannelsConfig {
+        ChannelsConfig {
+            history_size: 0,
+            history_ttl_secs: 300,
+            history_max_bytes: 64 * 1024 * 1024,
+            max_subscriptions_per_session: 128,
+            presence_events: false,
+            grants_claim: "channels".into(),
+            public: Vec::new(),
+        }
+    }
+}
+
 /// `[subprotocol]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -475,6 +512,7 @@ impl Config {
             other => bail!("log.format: expected \"text\" or \"json\", found {other:?}"),
         }
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
+        crate::channels::validate(&self.channels)?;
         crate::cluster::validate(&self.cluster)?;
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {

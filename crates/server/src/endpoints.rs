@@ -23,6 +23,7 @@ use crate::audit::{self, Audit};
 use crate::close_cause::{CloseCause, Failure, Level};
 use crate::sessions::{SessionId, SessionInfo, SessionRegistry, unix_now};
 
+mod channels;
 mod drain;
 pub(crate) mod v1;
 
@@ -49,6 +50,9 @@ pub(crate) struct State<H> {
     /// The audit trail (off unless `audit.file` is set).
     pub(crate) audit: Audit,
     pub(crate) cluster: crate::cluster::Link,
+    /// The node's channels (`[channels]`) and what sessions may do on them.
+    pub(crate) channels: Arc<crate::channels::Hub>,
+    pub(crate) channel_policy: Arc<crate::channels::Policy>,
     /// Bounds the lines logged for noisy events (peers vanishing, refusals) during a flood.
     noisy_log: DefaultDirectRateLimiter,
 }
@@ -77,6 +81,8 @@ impl<H> State<H> {
             auth_timeout,
             audit: Audit::default(),
             cluster,
+            channels: Arc::default(),
+            channel_policy: Arc::default(),
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
     }
@@ -186,6 +192,7 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
             },
             v1: None,
             drain_notice: None,
+            channels: Default::default(),
         };
         let mut accept = Accept::default();
         if self.kind == Kind::Secure
@@ -266,6 +273,8 @@ pub(crate) struct Conn<H> {
     v1: Option<v1::V1>,
     /// The `palisade.v1` envelope before a drain's close (set by `on_drain`).
     drain_notice: Option<Message>,
+    /// Channel grants and subscriptions (`palisade.v1` sessions).
+    channels: channels::ConnChannels,
 }
 
 impl<H: Handler> Conn<H> {
@@ -358,6 +367,7 @@ impl<H: Handler> Conn<H> {
         self.state.metrics.set_sessions_active(self.state.sessions.len() as i64);
         self.auth = Auth::Session { id: info.id.clone(), expires_at };
         if self.v1.is_some() {
+            self.channels_session_started(&claims);
             self.v1_session_started(&info, ctx)?;
         } else {
             ctx.set_deadline(expires_at.map(deadline_for));
@@ -522,7 +532,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
 
     fn on_push(&mut self, msg: Message) -> Message {
         match &self.v1 {
-            Some(_) => v1::wrap_reply(msg),
+            Some(_) => crate::channels::unmark(msg).unwrap_or_else(v1::wrap_reply),
             None => msg,
         }
     }
@@ -547,6 +557,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
     fn on_close(&mut self, _info: &ConnInfo, outcome: &Outcome) {
         self.metrics.connection_closed();
         self.log_outcome(outcome);
+        self.channels_closed();
         if let Auth::Session { id, .. } = &self.auth {
             self.state.sessions.unregister(id);
             self.state.cluster.close(id);

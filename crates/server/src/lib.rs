@@ -36,6 +36,7 @@ pub mod tls;
 pub mod upgrade;
 
 mod admin;
+mod channels;
 mod close_cause;
 mod cluster;
 mod dashboard;

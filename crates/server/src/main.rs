@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Run,
-    /// Print a token signed with the configured key.
+    /// Print a token signed with the configured key (`iss`/`aud` from `[auth] issuer`/`audience`).
     Token {
         /// The `user_id` claim.
         #[arg(long)]

@@ -42,6 +42,10 @@ pub struct Server {
     pub cluster: Arc<dyn palisade_cluster::SharedState>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The admin listener outlives the shutdown token: it answers (`/readyz` 503) until the
+    /// drain is over, except after an upgrade, when the successor answers on its socket.
+    admin_stop: CancellationToken,
+    admin_tracker: TaskTracker,
     drain: Duration,
     reloader: Arc<crate::reload::Reloader>,
     handover: Arc<crate::upgrade::Handover>,
@@ -86,7 +90,10 @@ impl Server {
             Duration::from_secs(config.secure.auth_timeout_secs),
             cluster.clone(),
         );
-        let state = Arc::new(state.with_audit(audit.clone()));
+        let (channel_hub, channel_policy) = crate::channels::build(config);
+        let state = Arc::new(
+            state.with_audit(audit.clone()).with_channels(channel_hub.clone(), channel_policy),
+        );
         let cert_store = match config.tls_paths() {
             Some(paths) => Some(load_tls(paths)?),
             None => None,
@@ -97,6 +104,8 @@ impl Server {
         let transport = Arc::new(transport);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let admin_stop = CancellationToken::new();
+        let admin_tracker = TaskTracker::new();
         let reloader = Arc::new(crate::reload::Reloader::new(
             config,
             firewall.clone(),
@@ -175,16 +184,22 @@ impl Server {
                 issuers: state.codec.clone().filter(|v| !v.status().is_empty()),
                 reloader: reloader.clone(),
                 handover: handover.clone(),
+                channels: channel_hub.clone(),
             };
             match tls_config.clone().filter(|_| config.admin.tls) {
                 Some(tls) => {
                     let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
-                    let listener =
-                        TlsListener::new(listener, tls, timeout, shutdown.clone(), &tracker)?;
-                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                    let listener = TlsListener::new(
+                        listener,
+                        tls,
+                        timeout,
+                        admin_stop.clone(),
+                        &admin_tracker,
+                    )?;
+                    admin_tracker.spawn(admin::serve(listener, admin_state, admin_stop.clone()));
                 }
                 None => {
-                    tracker.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                    admin_tracker.spawn(admin::serve(listener, admin_state, admin_stop.clone()));
                 }
             }
             Some(addr)
@@ -221,6 +236,8 @@ impl Server {
             cluster: cluster.state,
             shutdown,
             tracker,
+            admin_stop,
+            admin_tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
             reloader,
             handover,
@@ -232,12 +249,23 @@ impl Server {
     /// `limits.drain_timeout_secs` (1012 to `palisade.v1` clients after an upgrade, 1001
     /// otherwise; see docs/deployment.md), then waits for them up to the drain timeout. Returns
     /// false when some connections were still open at the deadline.
+    ///
+    /// During a shutdown drain the admin API keeps answering (`/readyz` 503, `/healthz` 200)
+    /// until the connections are gone; after an upgrade it stops at once, since the successor
+    /// answers on the same socket.
     pub async fn shutdown(self) -> bool {
         let restart = self.handover.done().is_cancelled();
         self.drain_spread.begin(self.drain / 2, restart);
         self.shutdown.cancel();
+        if restart {
+            self.admin_stop.cancel();
+        }
         self.tracker.close();
         let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await.is_ok();
+        self.admin_stop.cancel();
+        self.admin_tracker.close();
+        // Admin calls in flight (a dashboard feed) get a moment to end; nothing waits on them.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.admin_tracker.wait()).await;
         self.cluster.shutdown().await;
         // After the sessions have ended, so their records are in; logs the final head.
         self.audit.close();
@@ -416,7 +444,8 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mints a token with the configured key (HS* secret, or `auth.private_key_file`).
+/// Mints a token with the configured key (HS* secret, or `auth.private_key_file`), with `iss`
+/// and `aud` from `[auth] issuer` and `audience` when set, so that the server accepts it.
 pub fn mint(
     config: &Config,
     user_id: &str,
@@ -428,6 +457,8 @@ pub fn mint(
     let mut claims = palisade_token::Claims::new(user_id);
     claims.iat = Some(now);
     claims.exp = Some(now + ttl.as_secs());
+    claims.iss.clone_from(&config.auth.issuer);
+    claims.aud.clone_from(&config.auth.audience);
     if let Some(e) = email {
         claims.email = Some(
             palisade_email::Email::parse(e)

@@ -3,6 +3,8 @@
 //! warnings, refresh and its refusals, bad envelopes, the error envelope before every close, and
 //! the browser client of docs/subprotocol.md run in Node's standard `WebSocket`.
 
+#[path = "subprotocol/channels.rs"]
+mod channels;
 #[path = "subprotocol/node.rs"]
 mod node;
 #[path = "subprotocol/support.rs"]
@@ -362,8 +364,8 @@ async fn malformed_envelopes_get_bad_envelope_until_the_limit() {
         assert!(expect_error(&mut ws, "bad_envelope").await.contains("JSON object"));
         send(&mut ws, &json!({"type": "auth", "token": token("42", 600)})).await;
         expect_type(&mut ws, "authenticated").await;
-        send_raw(&mut ws, Message::text(r#"{"type":"subscribe","topic":"x"}"#)).await;
-        assert!(expect_error(&mut ws, "bad_envelope").await.contains("unknown type \"subscribe\""));
+        send_raw(&mut ws, Message::text(r#"{"type":"watch","topic":"x"}"#)).await;
+        assert!(expect_error(&mut ws, "bad_envelope").await.contains("unknown type \"watch\""));
         send_raw(&mut ws, Message::text(r#"{"type":"message"}"#)).await;
         assert!(expect_error(&mut ws, "bad_envelope").await.contains("needs `data`"));
         // Still serving between bad envelopes.

@@ -179,6 +179,8 @@ pub(crate) enum Envelope {
     Auth(String),
     Message(Box<RawValue>),
     Refresh(String),
+    /// A channel request (crate::channels), or why it cannot be served.
+    Channel(Result<crate::channels::Request, crate::channels::BadRequest>),
 }
 
 /// The fields of any client envelope; which are required depends on `type`.
@@ -210,8 +212,12 @@ pub(crate) fn parse(text: &str) -> Result<Envelope, String> {
             incoming.token.map(Envelope::Refresh).ok_or_else(|| missing("refresh", "token"))
         }
         "message" => incoming.data.map(Envelope::Message).ok_or_else(|| missing("message", "data")),
+        kind if crate::channels::TYPES.contains(&kind) => {
+            Ok(Envelope::Channel(crate::channels::parse(kind, text)))
+        }
         other => Err(format!(
-            "unknown type {:?}; expected \"auth\", \"message\" or \"refresh\"",
+            "unknown type {:?}; expected \"auth\", \"message\", \"refresh\", \"subscribe\", \
+             \"unsubscribe\", \"publish\", \"presence\" or \"history\"",
             truncate(other, 32)
         )),
     }
@@ -352,9 +358,12 @@ impl<H: Handler> Conn<H> {
                 )
                 .map(|()| None),
             (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).await.map(|()| None),
-            (Envelope::Message(_) | Envelope::Refresh(_), false) => Err(self
-                .v1_state()?
-                .fail(CloseCause::NotAuthenticated, "send an `auth` envelope first")),
+            (Envelope::Channel(req), true) => self.channel_request(req, ctx).map(|()| None),
+            (Envelope::Message(_) | Envelope::Refresh(_) | Envelope::Channel(_), false) => {
+                Err(self
+                    .v1_state()?
+                    .fail(CloseCause::NotAuthenticated, "send an `auth` envelope first"))
+            }
         }
     }
 
@@ -441,7 +450,8 @@ impl<H: Handler> Conn<H> {
             session.expires = claims.exp;
         }
         tracing::info!(%conn, %peer, endpoint, user_id = %user_id, session = %id, exp = ?claims.exp, "session refreshed");
-        ctx.send(envelope(&Outgoing::Refreshed { exp: claims.exp }))
+        ctx.send(envelope(&Outgoing::Refreshed { exp: claims.exp }))?;
+        self.channels_refreshed(&claims, ctx)
     }
 
     /// A refused refresh: the session runs on until its token expires, unless it was the last

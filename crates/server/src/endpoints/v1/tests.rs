@@ -43,7 +43,7 @@ fn bad_envelopes_say_what_is_wrong() {
     check_bad(r#"["auth","t"]"#, "JSON object");
     check_bad(r#"{"type":"auth""#, "invalid envelope");
     check_bad(r#"{"token":"t"}"#, "invalid envelope");
-    check_bad(r#"{"type":"subscribe"}"#, "unknown type \"subscribe\"");
+    check_bad(r#"{"type":"watch"}"#, "unknown type \"watch\"");
     check_bad(r#"{"type":"auth"}"#, "`auth` envelope needs a string `token`");
     check_bad(r#"{"type":"auth","token":42}"#, "invalid envelope");
     check_bad(r#"{"type":"refresh","token":null}"#, "`refresh` envelope needs a string `token`");

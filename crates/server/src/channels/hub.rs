@@ -1,0 +1,397 @@
+//! The node's channels, in memory: subscribers, offsets, bounded history and presence.
+//!
+//! One lock guards every channel, and a publication is fanned out while it is held, so the
+//! offsets each subscriber sees are strictly increasing and a subscription never misses or
+//! repeats a publication between its `subscribed` reply (with recovered history) and the live
+//! stream. The publication is serialised once; every subscriber gets a clone of that text (the
+//! transport's `Message::Text` is a `String`, so a clone is one copy, not a re-encoding).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use palisade_transport::{ConnHandle, Message};
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::ChannelsConfig;
+
+/// What the hub needs from `[channels]` and `[limits]`.
+#[derive(Clone, Debug)]
+pub(crate) struct HubSettings {
+    pub(crate) history_size: usize,
+    pub(crate) history_ttl: Option<Duration>,
+    pub(crate) history_max_bytes: usize,
+    pub(crate) presence_events: bool,
+    /// Largest `data` of a publish, in bytes (`limits.max_message_bytes`).
+    pub(crate) max_data_bytes: usize,
+}
+
+impl HubSettings {
+    pub(crate) fn new(c: &ChannelsConfig, max_message_bytes: usize) -> HubSettings {
+        HubSettings {
+            history_size: c.history_size,
+            history_ttl: (c.history_ttl_secs > 0).then(|| Duration::from_secs(c.history_ttl_secs)),
+            history_max_bytes: c.history_max_bytes,
+            presence_events: c.presence_events,
+            max_data_bytes: max_message_bytes,
+        }
+    }
+}
+
+/// A held publication: its `publication` envelope as JSON text.
+struct Held {
+    offset: u64,
+    at: Instant,
+    json: Arc<str>,
+}
+
+struct Subscriber {
+    user_id: String,
+    handle: ConnHandle,
+}
+
+struct Channel {
+    epoch: String,
+    offset: u64,
+    subscribers: HashMap<u64, Subscriber>,
+    /// Sessions per user holding a subscription.
+    users: BTreeMap<String, usize>,
+    /// Contiguous offsets ending at `offset` (when not empty).
+    history: VecDeque<Held>,
+    history_bytes: usize,
+}
+
+impl Channel {
+    fn new() -> Channel {
+        Channel {
+            epoch: random_epoch(),
+            offset: 0,
+            subscribers: HashMap::new(),
+            users: BTreeMap::new(),
+            history: VecDeque::new(),
+            history_bytes: 0,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty()
+    }
+}
+
+fn random_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: HashMap<String, Channel>,
+    history_bytes: usize,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) subscriptions: AtomicU64,
+    pub(crate) publications: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+    pub(crate) not_recovered: AtomicU64,
+    pub(crate) denials: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    pub(crate) fn denied(&self, reason: &'static str) {
+        *self.denials.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+}
+
+/// A client's position in a channel, from `since`.
+#[derive(Clone, Debug)]
+pub(crate) struct Position {
+    pub(crate) epoch: String,
+    pub(crate) offset: u64,
+}
+
+/// The answer to a subscribe.
+pub(crate) struct Subscribed {
+    pub(crate) epoch: String,
+    pub(crate) offset: u64,
+    pub(crate) recovered: bool,
+    pub(crate) publications: Vec<Arc<str>>,
+}
+
+/// One row of `GET /channels`.
+#[derive(Serialize)]
+pub(crate) struct ChannelRow {
+    pub(crate) channel: String,
+    pub(crate) epoch: String,
+    pub(crate) offset: u64,
+    pub(crate) subscribers: usize,
+    pub(crate) users: usize,
+    pub(crate) history: usize,
+}
+
+/// One user of a channel's presence.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PresenceRow {
+    pub(crate) user_id: String,
+    pub(crate) sessions: usize,
+}
+
+/// The channels of this node.
+pub(crate) struct Hub {
+    inner: Mutex<Inner>,
+    pub(crate) settings: HubSettings,
+    pub(crate) stats: Stats,
+    next_subscriber: AtomicU64,
+}
+
+#[derive(Serialize)]
+struct Publication<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    offset: u64,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<Info<'a>>,
+}
+
+#[derive(Serialize)]
+struct Info<'a> {
+    user_id: &'a str,
+}
+
+impl Hub {
+    pub(crate) fn new(settings: HubSettings) -> Hub {
+        Hub {
+            inner: Mutex::default(),
+            settings,
+            stats: Stats::default(),
+            next_subscriber: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh subscriber id for a connection.
+    pub(crate) fn subscriber_id(&self) -> u64 {
+        self.next_subscriber.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes (or, when already subscribed, only answers again), recovering from `since`.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        sub: u64,
+        user_id: &str,
+        handle: &ConnHandle,
+        since: Option<&Position>,
+    ) -> Subscribed {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let ch = inner.channels.entry(channel.to_owned()).or_insert_with(Channel::new);
+        inner.history_bytes -= expire(ch, self.settings.history_ttl);
+        let (recovered, publications) = match since {
+            None => (false, Vec::new()),
+            Some(p) if p.epoch != ch.epoch || p.offset > ch.offset => (false, Vec::new()),
+            Some(p) if p.offset == ch.offset => (true, Vec::new()),
+            Some(p) => match ch.history.front() {
+                Some(first) if first.offset <= p.offset + 1 => {
+                    let list =
+                        ch.history.iter().filter(|h| h.offset > p.offset).map(|h| h.json.clone());
+                    (true, list.collect())
+                }
+                _ => (false, Vec::new()),
+            },
+        };
+        if since.is_some() {
+            let counter = if recovered { &self.stats.recovered } else { &self.stats.not_recovered };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let answer =
+            Subscribed { epoch: ch.epoch.clone(), offset: ch.offset, recovered, publications };
+        if let std::collections::hash_map::Entry::Vacant(slot) = ch.subscribers.entry(sub) {
+            self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            slot.insert(Subscriber { user_id: user_id.to_owned(), handle: handle.clone() });
+            let n = ch.users.entry(user_id.to_owned()).or_default();
+            *n += 1;
+            if *n == 1 && self.settings.presence_events {
+                let data = presence_data("join", user_id);
+                self.publish_locked(inner, channel, &data, Some(user_id));
+            }
+        }
+        answer
+    }
+
+    /// Ends one subscription; false when there was none.
+    pub(crate) fn unsubscribe(&self, channel: &str, sub: u64) -> bool {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(ch) = inner.channels.get_mut(channel) else { return false };
+        let Some(s) = ch.subscribers.remove(&sub) else { return false };
+        let last = match ch.users.get_mut(&s.user_id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                ch.users.remove(&s.user_id);
+                true
+            }
+        };
+        if last && self.settings.presence_events {
+            let data = presence_data("leave", &s.user_id);
+            self.publish_locked(inner, channel, &data, Some(&s.user_id));
+        }
+        if inner.channels.get(channel).is_some_and(Channel::is_idle) {
+            inner.channels.remove(channel);
+        }
+        true
+    }
+
+    /// Publishes `data` (raw JSON); returns the offset and how many subscribers got it queued.
+    pub(crate) fn publish(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        user_id: Option<&str>,
+    ) -> (u64, usize) {
+        let mut inner = self.lock();
+        self.publish_locked(&mut inner, channel, data, user_id)
+    }
+
+    fn publish_locked(
+        &self,
+        inner: &mut Inner,
+        channel: &str,
+        data: &RawValue,
+        user_id: Option<&str>,
+    ) -> (u64, usize) {
+        let ch = inner.channels.entry(channel.to_owned()).or_insert_with(Channel::new);
+        inner.history_bytes -= expire(ch, self.settings.history_ttl);
+        ch.offset += 1;
+        let offset = ch.offset;
+        let env = Publication {
+            kind: "publication",
+            channel,
+            offset,
+            data,
+            info: user_id.map(|user_id| Info { user_id }),
+        };
+        // Strings and raw JSON always serialise.
+        let json: Arc<str> = serde_json::to_string(&env).unwrap_or_default().into();
+        self.stats.publications.fetch_add(1, Ordering::Relaxed);
+        // Encoded once; each subscriber gets a copy of the same text.
+        let pushed = super::mark(&json);
+        let mut delivered = 0;
+        for s in ch.subscribers.values() {
+            if s.handle.send(Message::Text(pushed.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        // History: keep offsets contiguous; when the node cap leaves no room, drop this channel's
+        // history so a recovery from before this offset reports recovered: false.
+        if self.settings.history_size > 0 {
+            let size = json.len();
+            ch.history.push_back(Held { offset, at: Instant::now(), json });
+            ch.history_bytes += size;
+            inner.history_bytes += size;
+            while ch.history.len() > self.settings.history_size
+                || (inner.history_bytes > self.settings.history_max_bytes && !ch.history.is_empty())
+            {
+                if let Some(old) = ch.history.pop_front() {
+                    ch.history_bytes -= old.json.len();
+                    inner.history_bytes -= old.json.len();
+                }
+            }
+        }
+        if ch.is_idle() {
+            inner.channels.remove(channel);
+        }
+        (offset, delivered)
+    }
+
+    /// The last `limit` held publications of a channel, oldest first, and its epoch.
+    pub(crate) fn history(&self, channel: &str, limit: usize) -> (String, Vec<Arc<str>>) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(ch) = inner.channels.get_mut(channel) else {
+            // Nothing held; the epoch of a channel created now and gone at once.
+            return (random_epoch(), Vec::new());
+        };
+        inner.history_bytes -= expire(ch, self.settings.history_ttl);
+        let skip = ch.history.len().saturating_sub(limit);
+        let list = ch.history.iter().skip(skip).map(|h| h.json.clone()).collect();
+        let epoch = ch.epoch.clone();
+        if ch.is_idle() {
+            inner.channels.remove(channel);
+        }
+        (epoch, list)
+    }
+
+    /// Users subscribed to a channel, with their session counts, by user id.
+    pub(crate) fn presence(&self, channel: &str) -> Vec<PresenceRow> {
+        let inner = self.lock();
+        inner
+            .channels
+            .get(channel)
+            .map(|ch| {
+                ch.users
+                    .iter()
+                    .map(|(u, n)| PresenceRow { user_id: u.clone(), sessions: *n })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Active channels, by name.
+    pub(crate) fn list(&self) -> Vec<ChannelRow> {
+        let inner = self.lock();
+        let mut rows: Vec<ChannelRow> = inner
+            .channels
+            .iter()
+            .map(|(name, ch)| ChannelRow {
+                channel: name.clone(),
+                epoch: ch.epoch.clone(),
+                offset: ch.offset,
+                subscribers: ch.subscribers.len(),
+                users: ch.users.len(),
+                history: ch.history.len(),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.channel.cmp(&b.channel));
+        rows
+    }
+
+    /// Channels and subscriptions, for the gauges.
+    pub(crate) fn totals(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        let subs = inner.channels.values().map(|c| c.subscribers.len()).sum();
+        (inner.channels.len(), subs, inner.history_bytes)
+    }
+}
+
+/// Drops a channel's publications older than the TTL; returns the bytes freed.
+fn expire(ch: &mut Channel, ttl: Option<Duration>) -> usize {
+    let Some(ttl) = ttl else { return 0 };
+    let mut freed = 0;
+    while ch.history.front().is_some_and(|h| h.at.elapsed() > ttl) {
+        if let Some(old) = ch.history.pop_front() {
+            freed += old.json.len();
+        }
+    }
+    ch.history_bytes -= freed;
+    freed
+}
+
+fn presence_data(event: &str, user_id: &str) -> Box<RawValue> {
+    let text = serde_json::json!({ "presence": event, "user_id": user_id }).to_string();
+    RawValue::from_string(text).unwrap_or_default()
+}

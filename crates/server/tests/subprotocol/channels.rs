@@ -1,0 +1,502 @@
+//! Channels over `palisade.v1` (docs/subprotocol.md#channels), against the real binary: grants
+//! from the token, public channels, revocation at refresh, history and recovery, epochs across
+//! restarts, presence, fan-out to many subscribers, typed refusals and the admin API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{
+    self, Frame, SECRET, STEP, Server, Ws, connect_v1, expect_type, next_within, now, round_trip,
+    send, send_raw,
+};
+
+/// Bounds a whole test.
+async fn bounded<F: Future<Output = ()>>(limit_secs: u64, test: F) {
+    timeout(Duration::from_secs(limit_secs), test)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit_secs} s"));
+}
+
+/// A token for `user_id` with `grants` as its `channels` claim (none when null).
+fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
+    let mut claims = Claims::new(user_id);
+    claims.exp = Some(now() + ttl);
+    claims.iat = Some(now());
+    if !grants.is_null() {
+        claims.extra.insert("channels".into(), grants.clone());
+    }
+    let codec = TokenCodec::new(TokenConfig::new(Algorithm::Hs256, vec![Key::secret(SECRET)]))
+        .expect("codec");
+    codec.encode(&claims).expect("encode")
+}
+
+/// Connects and authenticates as `user_id` with these grants.
+async fn login(server: &Server, user_id: &str, grants: Value) -> Ws {
+    let mut ws = connect_v1(server, &[]).await;
+    send(&mut ws, &json!({"type": "auth", "token": grant_token(user_id, &grants, 600)})).await;
+    expect_type(&mut ws, "authenticated").await;
+    ws
+}
+
+fn all_rights() -> Value {
+    json!(["subscribe", "publish", "presence", "history"])
+}
+
+/// Sends a request and returns the next envelope, which must have `kind`.
+async fn ask(ws: &mut Ws, request: Value, kind: &str) -> Value {
+    send(ws, &request).await;
+    let reply = expect_type(ws, kind).await;
+    if let Some(id) = request.get("id") {
+        assert_eq!(&reply["id"], id, "the reply carries the request's id: {reply}");
+    }
+    reply
+}
+
+/// Sends a request and expects an `error` with `reason` and the request's id.
+async fn refused(ws: &mut Ws, request: Value, reason: &str) -> String {
+    let reply = ask(ws, request, "error").await;
+    assert_eq!(reply["reason"], reason, "{reply}");
+    reply["detail"].as_str().expect("detail").to_owned()
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
+    let reply =
+        ask(ws, json!({"type": "subscribe", "channel": channel, "id": 1}), "subscribed").await;
+    assert_eq!(reply["channel"], channel);
+    reply
+}
+
+async fn publish(ws: &mut Ws, channel: &str, data: Value) -> u64 {
+    let reply =
+        ask(ws, json!({"type": "publish", "channel": channel, "data": data, "id": 2}), "ok").await;
+    reply["offset"].as_u64().expect("offset")
+}
+
+/// The next envelope is a publication on `channel`.
+async fn publication(ws: &mut Ws, channel: &str) -> Value {
+    let p = expect_type(ws, "publication").await;
+    assert_eq!(p["channel"], channel, "{p}");
+    p
+}
+
+/// Proves nothing else is queued for `ws`: an echo round trip comes back first.
+async fn nothing_pending(ws: &mut Ws) {
+    assert_eq!(round_trip(ws, json!(0)).await, json!("Server received: 0"));
+}
+
+/// One HTTP/1.1 request with a body; returns the status and body.
+async fn http_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s =
+        timeout(STEP, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut raw = Vec::new();
+    timeout(STEP, s.read_to_end(&mut raw)).await.expect("response in time").expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn subscribe_publish_unsubscribe_between_two_sessions() {
+    bounded(20, async {
+        let server = Server::start("");
+        let grants = json!({"chat:*": all_rights()});
+        let mut a = login(&server, "alice", grants.clone()).await;
+        let mut b = login(&server, "42", grants).await;
+        let sub = subscribe(&mut a, "chat:room1").await;
+        assert_eq!((sub["offset"].as_u64(), &sub["recovered"]), (Some(0), &json!(false)));
+        assert_eq!(sub["publications"], json!([]));
+        assert_eq!(publish(&mut b, "chat:room1", json!({"text": "hi"})).await, 1);
+        assert_eq!(publish(&mut b, "chat:room1", json!([1, "two"])).await, 2);
+        let p1 = publication(&mut a, "chat:room1").await;
+        assert_eq!((p1["offset"].as_u64(), &p1["data"]), (Some(1), &json!({"text": "hi"})));
+        assert_eq!(p1["info"], json!({"user_id": "42"}));
+        let p2 = publication(&mut a, "chat:room1").await;
+        assert_eq!((p2["offset"].as_u64(), &p2["data"]), (Some(2), &json!([1, "two"])));
+        // The publisher is not subscribed: it got only its `ok`s.
+        nothing_pending(&mut b).await;
+        let un = ask(
+            &mut a,
+            json!({"type": "unsubscribe", "channel": "chat:room1", "id": 8}),
+            "unsubscribed",
+        )
+        .await;
+        assert_eq!(un["reason"], "client");
+        publish(&mut b, "chat:room1", json!("after")).await;
+        nothing_pending(&mut a).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grants_with_wildcards_and_user_id_decide_and_refusals_keep_the_connection() {
+    bounded(20, async {
+        let server = Server::start("");
+        let grants = json!({"chat:*": ["subscribe"], "user:{user_id}": ["subscribe"], "ro:*:log": ["history"]});
+        let mut ws = login(&server, "42", grants).await;
+        subscribe(&mut ws, "chat:room1").await;
+        subscribe(&mut ws, "chat:room1:thread").await;
+        subscribe(&mut ws, "user:42").await;
+        for channel in ["user:43", "user:42:x", "chat", "news", "other:room1"] {
+            let req = json!({"type": "subscribe", "channel": channel, "id": 5});
+            let detail = refused(&mut ws, req, "permission_denied").await;
+            assert!(detail.contains("subscribe"), "{detail}");
+        }
+        let req = json!({"type": "publish", "channel": "chat:room1", "data": 1, "id": 6});
+        refused(&mut ws, req, "permission_denied").await;
+        let req = json!({"type": "presence", "channel": "chat:room1", "id": 7});
+        refused(&mut ws, req, "permission_denied").await;
+        let req = json!({"type": "history", "channel": "ro:x:log", "id": 9});
+        // Granted, but this server keeps no history.
+        refused(&mut ws, req, "unavailable").await;
+        // A token without the claim grants nothing.
+        let mut none = login(&server, "7", Value::Null).await;
+        refused(&mut none, json!({"type": "subscribe", "channel": "chat:a", "id": 1}), "permission_denied")
+            .await;
+        nothing_pending(&mut ws).await;
+        nothing_pending(&mut none).await;
+        let (status, metrics) = support::http(server.admin, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(metrics.contains("palisade_channel_denials_total{reason=\"permission_denied\"} 8"), "{metrics}");
+        assert!(metrics.contains("palisade_channel_subscriptions_total 3"), "{metrics}");
+        assert!(metrics.ends_with("# EOF\n"), "one exposition");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn public_channels_and_admin_publish_reach_subscribers() {
+    bounded(20, async {
+        let server = Server::start("channels.public = [\"news\", \"status:*\"]");
+        let mut a = login(&server, "a", Value::Null).await;
+        let mut b = login(&server, "b", Value::Null).await;
+        subscribe(&mut a, "news").await;
+        subscribe(&mut b, "news").await;
+        subscribe(&mut b, "status:eu").await;
+        // Public means subscribe only.
+        refused(
+            &mut a,
+            json!({"type": "publish", "channel": "news", "data": 1, "id": 3}),
+            "permission_denied",
+        )
+        .await;
+        let (status, body) =
+            http_body(server.admin, "POST", "/channels/news/publish", r#"{"headline":"up"}"#).await;
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!((answer["offset"].as_u64(), answer["delivered"].as_u64()), (Some(1), Some(2)));
+        for ws in [&mut a, &mut b] {
+            let p = publication(ws, "news").await;
+            assert_eq!(p["data"], json!({"headline": "up"}));
+            assert!(p.get("info").is_none(), "server-side publications name no publisher: {p}");
+        }
+        let (status, body) = support::http(server.admin, "GET", "/channels").await;
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_str(&body).expect("JSON");
+        let rows = list.as_array().expect("array");
+        assert_eq!(rows.len(), 2, "{list}");
+        assert_eq!((&rows[0]["channel"], &rows[0]["subscribers"]), (&json!("news"), &json!(2)));
+        assert_eq!(
+            (&rows[1]["channel"], &rows[1]["subscribers"]),
+            (&json!("status:eu"), &json!(1))
+        );
+        let (status, body) = support::http(server.admin, "GET", "/channels/news/presence").await;
+        assert_eq!(status, 200);
+        let presence: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            presence["users"],
+            json!([{"user_id": "a", "sessions": 1}, {"user_id": "b", "sessions": 1}])
+        );
+        let (status, _) =
+            http_body(server.admin, "POST", "/channels/news/publish", "{not json").await;
+        assert_eq!(status, 400);
+        let (status, _) = http_body(server.admin, "POST", "/channels/a%20b/publish", "1").await;
+        assert_eq!(status, 400);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_grant_removed_by_refresh_ends_the_subscription() {
+    bounded(20, async {
+        let server = Server::start("");
+        let mut ws = login(&server, "42", json!({"chat:*": ["subscribe"]})).await;
+        subscribe(&mut ws, "chat:a").await;
+        subscribe(&mut ws, "chat:b").await;
+        let token = grant_token("42", &json!({"chat:b": ["subscribe"]}), 600);
+        send(&mut ws, &json!({"type": "refresh", "token": token})).await;
+        expect_type(&mut ws, "refreshed").await;
+        let un = expect_type(&mut ws, "unsubscribed").await;
+        assert_eq!(
+            (&un["channel"], &un["reason"]),
+            (&json!("chat:a"), &json!("permission_revoked"))
+        );
+        for channel in ["chat:a", "chat:b"] {
+            let path = format!("/channels/{channel}/publish");
+            let (status, _) = http_body(server.admin, "POST", &path, "\"ping\"").await;
+            assert_eq!(status, 200);
+        }
+        let p = publication(&mut ws, "chat:b").await;
+        assert_eq!(p["data"], "ping");
+        nothing_pending(&mut ws).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recovery_after_a_reconnect_with_and_without_a_gap() {
+    bounded(30, async {
+        let server = Server::start("channels.history_size = 3");
+        let grants = json!({"chat:*": all_rights()});
+        let mut publisher = login(&server, "p", grants.clone()).await;
+        let mut reader = login(&server, "r", grants.clone()).await;
+        let sub = subscribe(&mut reader, "chat:r").await;
+        let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
+        for n in 1..=2 {
+            publish(&mut publisher, "chat:r", json!(n)).await;
+            assert_eq!(publication(&mut reader, "chat:r").await["offset"], n);
+        }
+        drop(reader);
+        for n in 3..=4 {
+            publish(&mut publisher, "chat:r", json!(n)).await;
+        }
+        // Back within the history: both missed publications, in order, in one reply.
+        let mut reader = login(&server, "r", grants.clone()).await;
+        let since = json!({"epoch": epoch, "offset": 2});
+        let req = json!({"type": "subscribe", "channel": "chat:r", "id": 7, "since": since});
+        let sub = ask(&mut reader, req, "subscribed").await;
+        assert_eq!((&sub["recovered"], &sub["epoch"], &sub["offset"]), (&json!(true), &json!(epoch), &json!(4)));
+        let got: Vec<(Value, Value)> = sub["publications"]
+            .as_array()
+            .expect("publications")
+            .iter()
+            .map(|p| (p["offset"].clone(), p["data"].clone()))
+            .collect();
+        assert_eq!(got, vec![(json!(3), json!(3)), (json!(4), json!(4))]);
+        // Live publications follow the recovered ones.
+        publish(&mut publisher, "chat:r", json!(5)).await;
+        assert_eq!(publication(&mut reader, "chat:r").await["offset"], 5);
+        // Up to date: recovered, nothing to send.
+        let mut again = login(&server, "r", grants.clone()).await;
+        let req = json!({"type": "subscribe", "channel": "chat:r", "id": 8, "since": {"epoch": epoch, "offset": 5}});
+        let sub = ask(&mut again, req, "subscribed").await;
+        assert_eq!((&sub["recovered"], &sub["publications"]), (&json!(true), &json!([])));
+        drop(reader);
+        drop(again);
+        // Away longer than the history holds: not recovered, and the current position.
+        for n in 6..=10 {
+            publish(&mut publisher, "chat:r", json!(n)).await;
+        }
+        let mut reader = login(&server, "r", grants.clone()).await;
+        let req = json!({"type": "subscribe", "channel": "chat:r", "id": 9, "since": {"epoch": epoch, "offset": 5}});
+        let sub = ask(&mut reader, req, "subscribed").await;
+        assert_eq!((&sub["recovered"], &sub["offset"], &sub["publications"]), (&json!(false), &json!(10), &json!([])));
+        // A wrong epoch is never recovered.
+        let req = json!({"type": "subscribe", "channel": "chat:r", "id": 10, "since": {"epoch": "0000", "offset": 9}});
+        assert_eq!(ask(&mut reader, req, "subscribed").await["recovered"], false);
+        // History: the last three, oldest first; `limit` takes fewer.
+        let req = json!({"type": "history", "channel": "chat:r", "id": 11, "limit": 50});
+        let h = ask(&mut reader, req, "history").await;
+        let offsets: Vec<&Value> = h["publications"].as_array().expect("list").iter().map(|p| &p["offset"]).collect();
+        assert_eq!(offsets, [&json!(8), &json!(9), &json!(10)]);
+        assert_eq!(h["epoch"], json!(epoch));
+        let req = json!({"type": "history", "channel": "chat:r", "id": 12, "limit": 1});
+        assert_eq!(ask(&mut reader, req, "history").await["publications"][0]["offset"], 10);
+        let (_, metrics) = support::http(server.admin, "GET", "/metrics").await;
+        assert!(metrics.contains("palisade_channel_recoveries_total{outcome=\"recovered\"} 2"), "{metrics}");
+        assert!(metrics.contains("palisade_channel_recoveries_total{outcome=\"not_recovered\"} 2"), "{metrics}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restart_changes_the_epoch_so_nothing_is_silently_skipped() {
+    bounded(30, async {
+        let grants = json!({"chat:*": all_rights()});
+        let config = "channels.history_size = 10";
+        let (epoch, offset) = {
+            let server = Server::start(config);
+            let mut ws = login(&server, "42", grants.clone()).await;
+            let epoch = subscribe(&mut ws, "chat:e").await["epoch"].clone();
+            publish(&mut ws, "chat:e", json!("x")).await;
+            (epoch, publication(&mut ws, "chat:e").await["offset"].clone())
+        };
+        let server = Server::start(config);
+        let mut ws = login(&server, "42", grants).await;
+        let req = json!({"type": "subscribe", "channel": "chat:e", "id": 1, "since": {"epoch": epoch, "offset": offset}});
+        let sub = ask(&mut ws, req, "subscribed").await;
+        assert_eq!(sub["recovered"], false);
+        assert_ne!(sub["epoch"], epoch, "a new process starts a new epoch");
+        assert_eq!(sub["offset"], 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn presence_lists_users_with_session_counts_and_can_publish_joins() {
+    bounded(30, async {
+        let server = Server::start("");
+        let grants = json!({"room:*": all_rights()});
+        let mut a1 = login(&server, "a", grants.clone()).await;
+        let mut a2 = login(&server, "a", grants.clone()).await;
+        let mut b = login(&server, "b", grants.clone()).await;
+        for ws in [&mut a1, &mut a2, &mut b] {
+            subscribe(ws, "room:1").await;
+        }
+        let req = json!({"type": "presence", "channel": "room:1", "id": 10});
+        let p = ask(&mut b, req.clone(), "presence").await;
+        assert_eq!(
+            p["users"],
+            json!([{"user_id": "a", "sessions": 2}, {"user_id": "b", "sessions": 1}])
+        );
+        drop(a2);
+        // The closed session leaves its channels (its close is processed asynchronously).
+        let mut users = Value::Null;
+        for _ in 0..100 {
+            users = ask(&mut b, req.clone(), "presence").await["users"].clone();
+            if users[0]["sessions"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            users,
+            json!([{"user_id": "a", "sessions": 1}, {"user_id": "b", "sessions": 1}])
+        );
+
+        let events = Server::start("channels.presence_events = true");
+        let mut a = login(&events, "a", grants.clone()).await;
+        let mut b = login(&events, "b", grants.clone()).await;
+        subscribe(&mut a, "room:2").await;
+        assert_eq!(
+            publication(&mut a, "room:2").await["data"],
+            json!({"presence": "join", "user_id": "a"})
+        );
+        subscribe(&mut b, "room:2").await;
+        let join = publication(&mut a, "room:2").await;
+        assert_eq!(
+            (&join["data"], &join["info"]["user_id"]),
+            (&json!({"presence": "join", "user_id": "b"}), &json!("b"))
+        );
+        assert_eq!(publication(&mut b, "room:2").await["data"]["presence"], "join");
+        ask(&mut b, json!({"type": "unsubscribe", "channel": "room:2", "id": 3}), "unsubscribed")
+            .await;
+        assert_eq!(
+            publication(&mut a, "room:2").await["data"],
+            json!({"presence": "leave", "user_id": "b"})
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_hundred_subscribers_get_every_publication_in_order() {
+    bounded(60, async {
+        let server = Server::start(
+            "channels.public = [\"fan\"]\nfirewall.handshakes_per_sec_per_ip = 0\nfirewall.max_connections_per_ip = 1000",
+        );
+        let mut subscribers = Vec::new();
+        for i in 0..200 {
+            let mut ws = login(&server, &format!("u{i}"), Value::Null).await;
+            subscribe(&mut ws, "fan").await;
+            subscribers.push(ws);
+        }
+        let mut publisher = login(&server, "pub", json!({"fan": ["publish"]})).await;
+        const N: u64 = 20;
+        for n in 1..=N {
+            assert_eq!(publish(&mut publisher, "fan", json!({"n": n})).await, n);
+        }
+        let readers = subscribers.into_iter().map(|mut ws| {
+            tokio::spawn(async move {
+                for n in 1..=N {
+                    let p = publication(&mut ws, "fan").await;
+                    assert_eq!((&p["offset"], &p["data"]), (&json!(n), &json!({"n": n})));
+                }
+            })
+        });
+        for r in readers.collect::<Vec<_>>() {
+            r.await.expect("subscriber saw every publication in order");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_channel_envelopes_get_typed_errors_and_the_connection_stays() {
+    bounded(20, async {
+        let server = Server::start("channels.max_subscriptions_per_session = 2");
+        let mut ws = login(&server, "42", json!({"*": all_rights()})).await;
+        let bad: [(&str, &str); 14] = [
+            (r#"{"type":"subscribe","id":1}"#, "bad_channel"),
+            (r#"{"type":"subscribe","channel":"a b","id":2}"#, "bad_channel"),
+            (r#"{"type":"subscribe","channel":"x","id":3,"since":{"epoch":"e"}}"#, "bad_envelope"),
+            (r#"{"type":"subscribe","channel":"x","id":{"n":1}}"#, "bad_envelope"),
+            (r#"{"type":"unsubscribe","channel":7,"id":4}"#, "bad_channel"),
+            (r#"{"type":"unsubscribe","channel":"","id":5}"#, "bad_channel"),
+            (r#"{"type":"publish","channel":"x","id":6}"#, "bad_envelope"),
+            (r#"{"type":"publish","channel":"caf\u00e9","data":1,"id":7}"#, "bad_channel"),
+            (r#"{"type":"presence","id":8}"#, "bad_channel"),
+            (r#"{"type":"presence","channel":"tab\there","id":9}"#, "bad_channel"),
+            (r#"{"type":"history","channel":"x","limit":-1,"id":10}"#, "bad_envelope"),
+            (r#"{"type":"history","channel":"x","limit":"all","id":11}"#, "bad_envelope"),
+            (r#"{"type":"history","id":12}"#, "bad_channel"),
+            (r#"{"type":"publish","channel":"x","data":1,"id":-3}"#, "bad_envelope"),
+        ];
+        for (text, reason) in bad {
+            send_raw(&mut ws, Message::text(text)).await;
+            match next_within(&mut ws, STEP).await {
+                Frame::Envelope(v) if v["type"] == "error" => {
+                    assert_eq!(v["reason"], reason, "{text} -> {v}");
+                    let id: Value =
+                        serde_json::from_str::<Value>(text).expect("json")["id"].clone();
+                    if id.is_u64() {
+                        assert_eq!(v["id"], id, "{text} -> {v}");
+                    }
+                    assert!(v.get("reconnect").is_none(), "not a close: {v}");
+                }
+                other => panic!("{text}: expected an error, got {other:?}"),
+            }
+        }
+        let long = "x".repeat(256);
+        let req = json!({"type": "subscribe", "channel": long, "id": 13});
+        send_raw(&mut ws, Message::text(req.to_string())).await;
+        assert_eq!(expect_type(&mut ws, "error").await["reason"], "bad_channel");
+        subscribe(&mut ws, "one").await;
+        subscribe(&mut ws, "two").await;
+        // Subscribing again is answered again, and does not count twice.
+        subscribe(&mut ws, "two").await;
+        let detail = refused(
+            &mut ws,
+            json!({"type": "subscribe", "channel": "three", "id": 14}),
+            "too_many_subscriptions",
+        )
+        .await;
+        assert!(detail.contains("max_subscriptions_per_session"), "{detail}");
+        // Far more than `close_after_bad_envelopes` refusals, and the session still serves.
+        nothing_pending(&mut ws).await;
+        // Before authentication a channel envelope is refused like any other.
+        let mut anon = connect_v1(&server, &[]).await;
+        send(&mut anon, &json!({"type": "subscribe", "channel": "one", "id": 1})).await;
+        support::expect_error_then_close(
+            &mut anon,
+            "not_authenticated",
+            1008,
+            "authentication required",
+        )
+        .await;
+    })
+    .await;
+}
