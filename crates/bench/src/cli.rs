@@ -21,6 +21,9 @@ pub enum Command {
     Handshake(HandshakeArgs),
     /// Open N connections and hold them (optionally trickling messages).
     Idle(IdleArgs),
+    /// N held clients that reconnect on close (full-jitter backoff) plus new connections per
+    /// second, while the server restarts; counts attempts, failures and reconnect times.
+    Reconnect(ReconnectArgs),
 }
 
 /// Options common to every mode.
@@ -100,6 +103,30 @@ pub struct IdleArgs {
     pub connect_concurrency: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct ReconnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Held clients that reconnect whenever the server closes them.
+    #[arg(long)]
+    pub clients: usize,
+    /// New short connections (connect, one echo, close) per second.
+    #[arg(long, default_value_t = 50)]
+    pub new_per_sec: u32,
+    /// Seconds to run after the ready line (fractions allowed).
+    #[arg(long, value_parser = parse_secs)]
+    pub duration: Duration,
+    /// Full-jitter backoff base in ms (docs/clients.md).
+    #[arg(long, default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    /// Full-jitter backoff cap in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub backoff_cap_ms: u64,
+    /// Clients being opened at once at the start.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
 /// Seconds as a non-negative decimal number, e.g. `0.5`.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
@@ -150,6 +177,20 @@ mod tests {
         .unwrap();
         let Command::Handshake(a) = cli.command else { panic!("handshake") };
         assert_eq!(a.concurrency, 32);
+
+        let cli = Cli::try_parse_from([
+            "palisade-load",
+            "reconnect",
+            "--url",
+            "ws://x/",
+            "--clients",
+            "2000",
+            "--duration",
+            "30",
+        ])
+        .unwrap();
+        let Command::Reconnect(a) = cli.command else { panic!("reconnect") };
+        assert_eq!((a.clients, a.new_per_sec, a.backoff_base_ms), (2000, 50, 500));
 
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("abc").is_err());

@@ -13,7 +13,10 @@
 //!   lines when the measured window opens and closes. Modes:
 //!   `echo` (throughput and latency with K messages in flight per
 //!   connection), `handshake` (connect/upgrade/close rate) and `idle` (many
-//!   held connections, for memory; prints a `ready` line first).
+//!   held connections, for memory; prints a `ready` line first) and
+//!   `reconnect` (clients that reconnect on close, with the documented
+//!   full-jitter backoff, plus new connections per second, while the server
+//!   restarts: `cargo xtask bench --restart`).
 //!
 //! ```text
 //! $ tungstenite-echo --listen 127.0.0.1:9001
@@ -37,5 +40,6 @@ pub mod cli;
 pub mod conn;
 pub mod frame;
 pub mod handshake;
+pub mod reconnect;
 pub mod run;
 pub mod stats;

@@ -11,7 +11,11 @@
 //! one serves on.
 //!
 //! Under systemd (`Type=notify`) the same `READY=1` tells systemd the service is up, and the
-//! old process passes the new main PID on (`MAINPID=`).
+//! old process passes the new main PID on (`MAINPID=`). The successor's `NOTIFY_SOCKET` is the
+//! old process's private socket, so the service manager's socket travels alongside in
+//! [`MANAGER_NOTIFY_ENV`]: the successor passes its own successor's PID on there, and a second,
+//! third, ... upgrade keeps systemd's idea of the main process right. The unit files in
+//! `deploy/systemd/` and docs/deployment.md show the setup.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -27,10 +31,26 @@ use command_fds::{CommandFdExt, FdMapping};
 /// The listener names of `LISTEN_FDNAMES`, in the order used when the names are not given.
 pub const LISTENER_NAMES: [&str; 3] = ["echo", "secure", "admin"];
 
+/// Set by an upgrading process for its successor: the service manager's `NOTIFY_SOCKET` (empty
+/// when there is none), since the successor's own `NOTIFY_SOCKET` is the predecessor's.
+pub const MANAGER_NOTIFY_ENV: &str = "PALISADE_MANAGER_NOTIFY_SOCKET";
+
 struct Startup {
     inherited: Mutex<HashMap<String, TcpListener>>,
     /// Where to send `READY=1` (systemd's socket, or the old process's during an upgrade).
     notify_socket: Option<OsString>,
+    /// The service manager's socket (systemd's), where a successor's `MAINPID=` goes.
+    manager_socket: Option<OsString>,
+}
+
+/// The service manager's notify socket: the one a predecessor passed on in
+/// [`MANAGER_NOTIFY_ENV`] (empty: none), else `NOTIFY_SOCKET` itself (started by the manager).
+fn manager_socket(notify: Option<&OsString>, passed: Option<OsString>) -> Option<OsString> {
+    match passed {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(p),
+        None => notify.cloned(),
+    }
 }
 
 static STARTUP: OnceLock<Startup> = OnceLock::new();
@@ -45,6 +65,8 @@ pub fn inherit_listeners() -> anyhow::Result<Vec<String>> {
         .map(|v| v.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
     let notify_socket = std::env::var_os("NOTIFY_SOCKET");
+    let manager_socket =
+        manager_socket(notify_socket.as_ref(), std::env::var_os(MANAGER_NOTIFY_ENV));
     // `ListenFd::from_env` clears LISTEN_FDS and LISTEN_PID itself.
     let mut fds = listenfd::ListenFd::from_env();
     let mut inherited = HashMap::new();
@@ -63,7 +85,7 @@ pub fn inherit_listeners() -> anyhow::Result<Vec<String>> {
         }
     }
     let taken = inherited.keys().cloned().collect();
-    let startup = Startup { inherited: Mutex::new(inherited), notify_socket };
+    let startup = Startup { inherited: Mutex::new(inherited), notify_socket, manager_socket };
     if STARTUP.set(startup).is_err() {
         bail!("inherit_listeners called twice");
     }
@@ -108,7 +130,8 @@ pub(crate) async fn start_successor(
     listeners: &[(&'static str, OwnedFd)],
     wait: Duration,
 ) -> anyhow::Result<u32> {
-    let exe = std::env::current_exe().context("cannot find the running binary's path")?;
+    let exe =
+        successor_binary(std::env::current_exe().context("cannot find the running binary's path")?);
     let dir = tempfile_dir()?;
     let notify_path = dir.join("notify.sock");
     let notify = tokio::net::UnixDatagram::bind(&notify_path)
@@ -119,6 +142,7 @@ pub(crate) async fn start_successor(
         mappings.push(FdMapping { parent_fd, child_fd: 3 + i as i32 });
     }
     let names: Vec<&str> = listeners.iter().map(|(n, _)| *n).collect();
+    let manager = STARTUP.get().and_then(|s| s.manager_socket.clone()).unwrap_or_default();
     let mut command = std::process::Command::new(&exe);
     command
         .args(std::env::args_os().skip(1))
@@ -126,6 +150,7 @@ pub(crate) async fn start_successor(
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
         .env("NOTIFY_SOCKET", &notify_path)
+        .env(MANAGER_NOTIFY_ENV, manager)
         .stdin(std::process::Stdio::null());
     command.fd_mappings(mappings).context("listener fd mapping")?;
     let mut child = command.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
@@ -156,13 +181,23 @@ pub(crate) async fn start_successor(
     let _ = std::fs::remove_dir_all(&dir);
     if outcome.is_ok() {
         // Under systemd the service's main process is now the successor.
-        if let Some(path) = STARTUP.get().and_then(|s| s.notify_socket.clone()) {
+        if let Some(path) = STARTUP.get().and_then(|s| s.manager_socket.clone()) {
             let _ = sd_notify(&path, &format!("MAINPID={pid}\nREADY=1\n"));
         }
         // Reap it in the background should it ever exit while this process lives.
         std::thread::spawn(move || child.wait());
     }
     outcome
+}
+
+/// The binary to start: the path the running one was started from. When a package manager
+/// (or `install`) has renamed a new file over it, Linux names the running, now deleted, file
+/// `PATH (deleted)`; the new binary is at `PATH`.
+fn successor_binary(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    }
 }
 
 /// A fresh private folder for the notify socket.
@@ -254,6 +289,13 @@ pub(crate) async fn admin_upgrade(
     axum::extract::State(state): axum::extract::State<crate::admin::AdminState>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
+    if state.shutdown.is_cancelled() {
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": "shutting down: no upgrade" })),
+        )
+            .into_response();
+    }
     match state.handover.upgrade().await {
         Ok(pid) => axum::Json(serde_json::json!({ "pid": pid })).into_response(),
         Err(e) => (
@@ -261,5 +303,133 @@ pub(crate) async fn admin_upgrade(
             axum::Json(serde_json::json!({ "error": format!("{e:#}") })),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_managers_socket_survives_upgrades() {
+        let systemd = OsString::from("/run/systemd/notify");
+        let predecessor = OsString::from("/tmp/palisade-upgrade-1/notify.sock");
+        // Started by systemd: NOTIFY_SOCKET is the manager's.
+        assert_eq!(manager_socket(Some(&systemd), None), Some(systemd.clone()));
+        // Started by an upgrade under systemd: the predecessor passed the manager's on.
+        assert_eq!(manager_socket(Some(&predecessor), Some(systemd.clone())), Some(systemd));
+        // Started by an upgrade without a manager.
+        assert_eq!(manager_socket(Some(&predecessor), Some(OsString::new())), None);
+        assert_eq!(manager_socket(None, None), None);
+    }
+
+    #[test]
+    fn a_binary_replaced_on_disk_is_started_from_its_path() {
+        let replaced = PathBuf::from("/usr/local/bin/palisade (deleted)");
+        assert_eq!(successor_binary(replaced), PathBuf::from("/usr/local/bin/palisade"));
+        let same = PathBuf::from("/usr/local/bin/palisade");
+        assert_eq!(successor_binary(same.clone()), same);
+    }
+
+    /// `key=value` lines of a unit file (or `key: value` of YAML), values trimmed.
+    fn values(text: &str, key: &str, sep: char) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                l.trim().strip_prefix(key)?.strip_prefix(sep).map(|v| v.trim().to_owned())
+            })
+            .collect()
+    }
+
+    fn one(text: &str, key: &str, sep: char) -> String {
+        let v = values(text, key, sep);
+        assert_eq!(v.len(), 1, "exactly one {key}{sep} expected, found {v:?}");
+        v[0].clone()
+    }
+
+    /// The files in deploy/ name only what exists: the listener names of `LISTEN_FDNAMES`,
+    /// configuration keys (parsed and validated as the binary does), the admin routes, and
+    /// stop timeouts longer than the drain. They cannot rot unnoticed.
+    #[test]
+    fn the_deploy_files_match_the_code() {
+        use crate::config::Config;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let read = |p: &str| {
+            std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("deploy/{p}: {e}"))
+        };
+        let admin_rs = include_str!("admin.rs");
+        for route in ["/healthz", "/readyz"] {
+            assert!(admin_rs.contains(&format!(".route(\"{route}\"")), "no admin route {route}");
+        }
+
+        // systemd: the units and the configuration they expect.
+        let config = Config::from_toml(&read("systemd/palisade.toml")).expect("palisade.toml");
+        config.validate().expect("deploy/systemd/palisade.toml validates");
+        let service = read("systemd/palisade.service");
+        assert_eq!(one(&service, "Type", '='), "notify");
+        assert_eq!(one(&service, "ExecReload", '='), "/bin/kill -HUP $MAINPID");
+        let stop: u64 = one(&service, "TimeoutStopSec", '=').parse().expect("TimeoutStopSec");
+        assert!(stop > config.limits.drain_timeout_secs + 2, "TimeoutStopSec {stop} vs the drain");
+        for exec in
+            values(&service, "ExecStart", '=').iter().chain(&values(&service, "ExecStartPre", '='))
+        {
+            assert!(exec.contains("--config /etc/palisade/palisade.toml "), "{exec}");
+        }
+        assert_eq!(one(&service, "LogsDirectory", '='), "palisade");
+        assert_eq!(config.log.dir, PathBuf::from("/var/log/palisade"));
+        let units: Vec<String> =
+            one(&service, "Sockets", '=').split_whitespace().map(str::to_owned).collect();
+        let mut names = Vec::new();
+        for unit in &units {
+            let socket = read(&format!("systemd/{unit}"));
+            let name = one(&socket, "FileDescriptorName", '=');
+            assert!(
+                LISTENER_NAMES.contains(&name.as_str()),
+                "{unit}: {name} not in LISTENER_NAMES"
+            );
+            let listen: std::net::SocketAddr =
+                one(&socket, "ListenStream", '=').parse().expect("ListenStream address");
+            let key = match name.as_str() {
+                "echo" => config.echo.listen,
+                "secure" => config.secure.listen,
+                _ => config.admin.listen,
+            };
+            assert_eq!(listen, key, "{unit}: ListenStream differs from {name}.listen");
+            assert_eq!(one(&socket, "Service", '='), "palisade.service");
+            names.push(name);
+        }
+        names.sort();
+        let mut all = LISTENER_NAMES.map(str::to_owned).to_vec();
+        all.sort();
+        assert_eq!(names, all, "one socket unit per listener");
+
+        // Kubernetes: the ConfigMap's configuration, the probes and the grace period.
+        let yaml = read("kubernetes/palisade.yaml");
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with("palisade.toml: |"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let k8s = Config::from_toml(&toml).expect("the ConfigMap's palisade.toml");
+        k8s.validate().expect("the ConfigMap's palisade.toml validates");
+        let grace: u64 =
+            one(&yaml, "terminationGracePeriodSeconds", ':').parse().expect("grace period");
+        let pre_stop: u64 = one(&yaml, "seconds", ':').parse().expect("preStop sleep");
+        assert!(
+            grace > pre_stop + k8s.limits.drain_timeout_secs + 2,
+            "terminationGracePeriodSeconds {grace} vs preStop {pre_stop} + drain"
+        );
+        let mut paths = values(&yaml, "path", ':');
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths, ["/healthz", "/readyz"]);
+        let ports = values(&yaml, "containerPort", ':');
+        for (port, listen) in
+            ports.iter().zip([k8s.echo.listen, k8s.secure.listen, k8s.admin.listen])
+        {
+            assert_eq!(port.parse::<u16>().ok(), Some(listen.port()), "containerPort vs listen");
+        }
+        assert_eq!(ports.len(), 3);
     }
 }

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use palisade_bench::cli::{Cli, Command, Common};
@@ -95,6 +96,23 @@ fn execute(cli: Cli) -> Result<(), String> {
                 connect_concurrency: a.connect_concurrency,
             };
             emit(&local.block_on(&rt, run::idle(cfg, |ready| emit(&ready))));
+        }
+        Command::Reconnect(a) => {
+            positive("--clients", a.clients)?;
+            positive("--connect-concurrency", a.connect_concurrency)?;
+            let cfg = palisade_bench::reconnect::ReconnectConfig {
+                open: open(&a.common, 512)?,
+                prefix: a.common.prefix,
+                sources: a.common.sources,
+                clients: a.clients,
+                new_per_sec: a.new_per_sec,
+                duration: a.duration,
+                backoff_base: Duration::from_millis(a.backoff_base_ms),
+                backoff_cap: Duration::from_millis(a.backoff_cap_ms),
+                connect_concurrency: a.connect_concurrency,
+            };
+            let run = palisade_bench::reconnect::reconnect(cfg, |ready| emit(&ready));
+            emit(&local.block_on(&rt, run));
         }
     }
     Ok(())

@@ -257,7 +257,15 @@ async fn upgrade(admin: SocketAddr) -> u32 {
 
 fn wait_gone(pid: u32, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while signal("-0", pid) {
+    // A successor is not this test's child: once it exits it is a zombie until its new parent
+    // reaps it (some container inits never do), so a zombie counts as gone.
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    };
+    while signal("-0", pid) && !zombie() {
         assert!(Instant::now() < deadline, "process {pid} did not exit within {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -296,6 +304,16 @@ async fn two_upgrades_under_load_refuse_no_connection_and_spread_the_reconnects(
     }
 
     let first = upgrade(server.admin).await;
+    // A balancer probing the admin socket sees the node ready while the old process drains:
+    // the successor answers there (a shutdown drain answers 503 instead; see below).
+    // The old process is this test's child: ask it, not `kill -0` (a zombie answers that).
+    let drain_limit = Instant::now() + Duration::from_secs(15);
+    while !server.exited() {
+        assert!(Instant::now() < drain_limit, "the old process did not finish its drain");
+        let ready = http(server.admin, "GET", "/readyz", &[], "").await;
+        assert_eq!(ready.status, 200, "/readyz during an upgrade drain: {}", ready.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.wait_exit(Duration::from_secs(15));
     // The admin socket was handed over too: this asks the first successor.
     let second = upgrade(server.admin).await;
@@ -340,4 +358,80 @@ async fn two_upgrades_under_load_refuse_no_connection_and_spread_the_reconnects(
     assert_eq!(tally.restart_notices.load(Ordering::Relaxed), 2 * V1_CLIENTS as u64);
     // Spread over the drain (closes over 2 s of a 4 s drain): nowhere near all at once.
     assert!(peak <= (CLIENTS + V1_CLIENTS) / 3, "peak of {peak} reconnects within 100 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_through_a_shutdown_drain_while_healthz_stays_200() {
+    let mut server = Server::start("limits.drain_timeout_secs = 6");
+    // Held connections that read (and so answer the close), closed spread over 3 s.
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut ws = try_connect(server.echo, false).await.expect("connect");
+        held.push(tokio::spawn(async move {
+            let mut closed_at = None;
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    closed_at = Some(Instant::now());
+                }
+            }
+            closed_at
+        }));
+    }
+    assert_eq!(http(server.admin, "GET", "/readyz", &[], "").await.status, 200);
+    server.terminate();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let unready_at = loop {
+        let resp = http(server.admin, "GET", "/readyz", &[], "").await;
+        if resp.status == 503 {
+            assert!(resp.body.contains("shutting down"), "{}", resp.body);
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "/readyz did not turn 503 at shutdown: {resp:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Liveness stays good: the process is healthy, only leaving.
+    assert_eq!(http(server.admin, "GET", "/healthz", &[], "").await.status, 200);
+    let mut last_close = unready_at;
+    for h in held {
+        let closed = h.await.expect("client task").expect("a close frame from the drain");
+        last_close = last_close.max(closed);
+    }
+    // The admin API answered while connections were still being drained.
+    assert!(last_close > unready_at, "every connection closed before /readyz answered");
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_every_upgrade_passes_the_main_pid_on() {
+    // A stand-in for systemd's notify socket (`Type=notify`, deploy/systemd/palisade.service).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    manager.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = manager.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut server = Server::start_with_env(
+        "limits.drain_timeout_secs = 1",
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    let says = |m: &str, pid: u32| {
+        m.lines().any(|l| l == "READY=1") && m.lines().any(|l| l == format!("MAINPID={pid}"))
+    };
+    let m = recv();
+    assert!(says(&m, server.pid()), "first notification: {m:?}");
+    // Each upgrade tells the manager the new main PID, the second one too (its predecessor
+    // was itself started by an upgrade, with a private NOTIFY_SOCKET).
+    let first = upgrade(server.admin).await;
+    let m = recv();
+    assert!(says(&m, first), "after the first upgrade: {m:?}");
+    server.wait_exit(Duration::from_secs(15));
+    let second = upgrade(server.admin).await;
+    let m = recv();
+    assert!(says(&m, second), "after the second upgrade: {m:?}");
+    wait_gone(first, Duration::from_secs(15));
+    assert!(signal("-TERM", second));
+    wait_gone(second, Duration::from_secs(15));
 }

@@ -40,6 +40,12 @@ impl Server {
     /// Starts the server with the base test configuration plus `overrides`: lines of TOML dotted
     /// keys such as `secure.auth_timeout_secs = 1`, which replace base keys of the same name.
     pub(crate) fn start(overrides: &str) -> Server {
+        Server::start_with_env(overrides, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. a service manager's
+    /// `NOTIFY_SOCKET`).
+    pub(crate) fn start_with_env(overrides: &str, env: &[(&str, &std::ffi::OsStr)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut keys: BTreeMap<String, String> = BTreeMap::new();
         let log_dir = toml_str(&dir.path().join("log").display().to_string());
@@ -70,6 +76,7 @@ impl Server {
             .env("PALISADE_JWT_SECRET", SECRET)
             .env_remove("PALISADE_LOG_LEVEL")
             .env_remove("PALISADE_LOG_DIR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -144,6 +151,11 @@ impl Server {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// True once the process has exited (and is reaped: a zombie still answers `kill -0`).
+    pub(crate) fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
     }
 
     /// Waits (bounded) for the process to exit.
