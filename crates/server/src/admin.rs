@@ -40,17 +40,52 @@ pub(crate) struct AdminState {
     pub(crate) channels: Arc<crate::channels::Hub>,
 }
 
+/// How long connections the admin listener accepted before `stop` get to send their request:
+/// during an upgrade the old process stops accepting at once (the successor accepts on the same
+/// socket), and a probe it had just accepted must still get its answer, not a hang-up.
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves the admin API on `listener`: a `TcpListener`, or a TLS listener for `admin.tls`.
-pub(crate) async fn serve<L>(listener: L, state: AdminState, shutdown: CancellationToken)
+/// Once `stop` is cancelled it accepts nothing more, answers what it has accepted (for up to
+/// [`ADMIN_GRACE`] before the request arrives, then as long as the request takes) and returns.
+pub(crate) async fn serve<L>(listener: L, state: AdminState, stop: CancellationToken)
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
     let app = router(state);
-    let result =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let listener = UntilStopped { inner: listener, stop: stop.clone() };
+    let graceful = async move {
+        stop.cancelled().await;
+        tokio::time::sleep(ADMIN_GRACE).await;
+    };
+    let result = axum::serve(listener, app).with_graceful_shutdown(graceful).await;
     if let Err(e) = result {
         tracing::error!(endpoint = "admin", kind = "io", error = %e, "admin listener failed");
+    }
+}
+
+/// A listener that accepts nothing more once `stop` is cancelled (the socket itself stays open:
+/// after an upgrade it is the successor's too).
+struct UntilStopped<L> {
+    inner: L,
+    stop: CancellationToken,
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for UntilStopped<L> {
+    type Io = L::Io;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => std::future::pending().await,
+            conn = self.inner.accept() => conn,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }
 
