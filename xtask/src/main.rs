@@ -242,6 +242,10 @@ fn ci() -> Result<(), String> {
         c.args(step);
         status(c)?;
     }
+    println!("xtask ci: RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps");
+    let mut c = cargo();
+    c.args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings");
+    status(c)?;
     println!("xtask ci: cargo deny check licenses bans sources");
     deny(true)?;
     println!("xtask ci: cargo xtask autobahn");
@@ -398,3 +402,5 @@ fn deny(offline: bool) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tidy;

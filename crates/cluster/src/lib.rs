@@ -189,9 +189,21 @@ pub struct TokenFacts {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Revocation {
     /// The token whose `jti` claim is `jti`.
-    Token { jti: String, until: u64 },
+    Token {
+        /// The revoked token's `jti` claim.
+        jti: String,
+        /// When the revocation may be forgotten (Unix seconds).
+        until: u64,
+    },
     /// Every token of `user_id` issued before `before` (Unix seconds), and those without `iat`.
-    IssuedBefore { user_id: String, before: u64, until: u64 },
+    IssuedBefore {
+        /// The user whose tokens are revoked.
+        user_id: String,
+        /// Tokens issued before this instant (Unix seconds) are refused.
+        before: u64,
+        /// When the revocation may be forgotten (Unix seconds).
+        until: u64,
+    },
 }
 
 impl Revocation {
@@ -219,7 +231,10 @@ pub enum Admission {
     /// Registered; the user is within the cap on every node together.
     Admitted,
     /// The user already holds `max` sessions across the cluster; nothing was registered.
-    TooManySessions { max: usize },
+    TooManySessions {
+        /// The per-user cap.
+        max: usize,
+    },
     /// Redis did not answer in time: registered on this node only and admitted (an outage
     /// refuses nothing). The next heartbeat after the outage publishes it.
     AdmittedUnchecked,
@@ -229,17 +244,41 @@ pub enum Admission {
 #[derive(Debug)]
 pub enum Event {
     /// Refuse `ip` for `remaining`.
-    Ban { ip: IpAddr, remaining: Duration },
+    Ban {
+        /// The banned address.
+        ip: IpAddr,
+        /// How long the ban still runs.
+        remaining: Duration,
+    },
     /// Lift the ban on `ip`.
-    Unban { ip: IpAddr },
+    Unban {
+        /// The address to admit again.
+        ip: IpAddr,
+    },
     /// Close this session with 1008 `session revoked` if this node holds it.
-    RevokeSession { session_id: String },
+    RevokeSession {
+        /// The revoked session.
+        session_id: String,
+    },
     /// Close every session of this user on this node with 1008 `session revoked`.
-    RevokeUser { user_id: String },
+    RevokeUser {
+        /// The revoked user.
+        user_id: String,
+    },
     /// These sessions of this node used a revoked token: close them with 1008.
-    CloseSessions { session_ids: Vec<String> },
+    CloseSessions {
+        /// Sessions of this node to close.
+        session_ids: Vec<String>,
+    },
     /// Deliver `data` as a text message to every session of `user_id`, then say how many.
-    Publish { user_id: String, data: String, reply: DeliveryReply },
+    Publish {
+        /// The addressee.
+        user_id: String,
+        /// The text message.
+        data: String,
+        /// Where to say how many sessions received it.
+        reply: DeliveryReply,
+    },
 }
 
 /// Tells the node that published a message how many sessions of this node received it.

@@ -115,14 +115,18 @@ pub enum StartError {
     /// The URL does not parse (or names a scheme this build does not support).
     #[error("invalid redis url")]
     InvalidUrl(#[source] RedisError),
+    /// `node_id` has characters or a length that keys and logs cannot carry.
     #[error(
         "invalid node id {0:?}: use 1 to 64 characters among letters, digits, '.', '_' and '-'"
     )]
     InvalidNodeId(String),
+    /// `key_prefix` is too long or has spaces.
     #[error("invalid key prefix {0:?}: use at most 64 characters and no spaces")]
     InvalidKeyPrefix(String),
+    /// The command timeout is out of range.
     #[error("the command timeout must be between 1 ms and 60 s")]
     InvalidTimeout,
+    /// The heartbeat period is out of range.
     #[error("the heartbeat must be between 1 s and 1 h")]
     InvalidHeartbeat,
 }

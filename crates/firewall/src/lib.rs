@@ -161,7 +161,12 @@ impl FirewallConfig {
 pub enum ConfigError {
     /// An entry of `allowed_origins` is not an origin pattern.
     #[error("invalid origin pattern {pattern:?}: {reason}")]
-    InvalidOrigin { pattern: String, reason: &'static str },
+    InvalidOrigin {
+        /// The entry as configured.
+        pattern: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// `max_tracked_ips` is 0, which would leave nowhere to keep rate limits and failures.
     #[error("max_tracked_ips must be at least 1")]
     NoTrackedIps,
@@ -445,15 +450,19 @@ impl MessageLimiter {
 /// The outcome of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// Admitted.
     Allow,
+    /// Refused, for this reason; retrying does not help until the rules or bans change.
     Deny(DenyReason),
     /// Over a rate limit; a retry after `retry_after` would be admitted.
     Throttle {
+        /// How long until a retry would be admitted.
         retry_after: Duration,
     },
 }
 
 impl Decision {
+    /// True for [`Decision::Allow`].
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow)
     }
@@ -471,13 +480,21 @@ impl Decision {
 /// Why a connection or request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DenyReason {
+    /// The address matches a `deny` CIDR.
     IpDenied,
+    /// An `allow` list is set and the address is in none of its CIDRs.
     IpNotAllowed,
+    /// The address is banned (after repeated failures, or by an operator).
     Banned,
+    /// The global connection cap is reached.
     TooManyConnections,
+    /// The per-address connection cap is reached.
     TooManyConnectionsFromIp,
+    /// The `Origin` header is not in the allow-list.
     OriginNotAllowed,
+    /// An allow-list is set and the request has no `Origin` header.
     OriginMissing,
+    /// Over a handshake or message rate limit.
     RateLimited,
 }
 

@@ -224,15 +224,25 @@ impl EndpointMetrics {
 /// Plain numbers for a JSON API or a dashboard; totals are summed over endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MetricsSnapshot {
+    /// Connections open now.
     pub connections_open: i64,
+    /// Connections accepted since start.
     pub connections_total: u64,
+    /// Messages received since start.
     pub messages_in_total: u64,
+    /// Messages sent since start.
     pub messages_out_total: u64,
+    /// Payload bytes received since start.
     pub bytes_in_total: u64,
+    /// Payload bytes sent since start.
     pub bytes_out_total: u64,
+    /// Connection errors since start (all kinds).
     pub errors_total: u64,
+    /// Authenticated sessions now.
     pub sessions_active: i64,
+    /// Addresses banned now.
     pub bans_active: i64,
+    /// Handshakes refused since start (all reasons).
     pub handshakes_refused_total: u64,
     /// Traffic per endpoint name.
     pub endpoints: BTreeMap<String, EndpointSnapshot>,
@@ -251,11 +261,17 @@ pub struct MetricsSnapshot {
 /// The traffic of one endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EndpointSnapshot {
+    /// Connections open now.
     pub connections_open: i64,
+    /// Connections accepted since start.
     pub connections_total: u64,
+    /// Messages received since start.
     pub messages_in_total: u64,
+    /// Messages sent since start.
     pub messages_out_total: u64,
+    /// Payload bytes received since start.
     pub bytes_in_total: u64,
+    /// Payload bytes sent since start.
     pub bytes_out_total: u64,
     /// Messages whose handling time was recorded.
     pub messages_handled_total: u64,
