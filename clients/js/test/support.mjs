@@ -18,11 +18,11 @@ export const BIN = process.env.PALISADE_BIN ?? resolve(here, "../../../target/de
 
 const b64url = (buf) => Buffer.from(buf).toString("base64url");
 
-/** An HS256 token for `userId` expiring `ttlSecs` from now. */
-export function token(userId, ttlSecs) {
+/** An HS256 token for `userId` expiring `ttlSecs` from now, with `extra` claims (e.g. `channels`). */
+export function token(userId, ttlSecs, extra = {}) {
   const now = Math.floor(Date.now() / 1000);
   const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64url(JSON.stringify({ user_id: userId, iat: now, exp: now + ttlSecs }));
+  const body = b64url(JSON.stringify({ user_id: userId, iat: now, exp: now + ttlSecs, ...extra }));
   const sig = createHmac("sha256", SECRET).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${sig}`;
 }
@@ -108,3 +108,47 @@ export function next(client, event, pred = () => true, timeoutMs = 10_000) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A WebSocket whose connection the test can cut from the client side: `drop()` closes the real
+ * socket and reports a close without a close frame (1006) at once, as a lost network would.
+ */
+export class DroppableWebSocket {
+  static last = null;
+  constructor(url, protocols) {
+    this.inner = new WebSocketImpl(url, protocols);
+    this.dropped = false;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this.inner.onopen = (ev) => this.onopen?.(ev);
+    this.inner.onmessage = (ev) => !this.dropped && this.onmessage?.(ev);
+    this.inner.onerror = (ev) => !this.dropped && this.onerror?.(ev);
+    this.inner.onclose = (ev) => !this.dropped && this.onclose?.(ev);
+    DroppableWebSocket.last = this;
+  }
+  get readyState() {
+    return this.dropped ? 3 : this.inner.readyState;
+  }
+  get protocol() {
+    return this.inner.protocol;
+  }
+  send(data) {
+    this.inner.send(data);
+  }
+  close(code, reason) {
+    this.inner.close(code, reason);
+  }
+  drop() {
+    this.dropped = true;
+    this.inner.close();
+    this.onclose?.({ code: 1006, reason: "" });
+  }
+}
+
+/** Resolves when `pred()` holds (polled), or rejects after `timeoutMs`. */
+export async function until(pred, what, timeoutMs = 10_000) {
+  const end = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}

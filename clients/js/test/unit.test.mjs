@@ -1,8 +1,9 @@
-// Unit tests: the backoff policy and the client's state machine, driven by a scripted socket.
+// Unit tests: the backoff policy, the client's state machine and its channel bookkeeping
+// (requests matched by id, timeouts, resubscription with `since`), driven by a scripted socket.
 // (The integration tests run the same client against the real server.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { PalisadeClient, PalisadeError, decide, fullJitter, adviceForCode } from "../dist/index.js";
+import { ChannelError, PalisadeClient, PalisadeError, decide, fullJitter, adviceForCode } from "../dist/index.js";
 
 test("full jitter stays under min(cap, base * 2^attempt) and reaches it", () => {
   const opts = { baseMs: 100, capMs: 1000 };
@@ -268,5 +269,220 @@ test("no authenticated within authTimeoutMs backs off", async () => {
   lastSocket().open();
   await until(() => Script.sockets.length === 2, "a second attempt");
   assert.equal(t.errors[0].reason, "auth_timeout");
+  t.c.close();
+});
+
+// ---- channels ----
+
+/** The envelopes `ws` received of `type`. */
+const sentOf = (ws, type) => ws.sent.filter((e) => e.type === type);
+
+test("channel requests resolve by id, in any order; refusals are typed and keep the connection", async () => {
+  const t = client();
+  const ws = await authenticate(t);
+  const a = t.c.publish("chat:1", { n: 1 });
+  const b = t.c.publish("chat:1", { n: 2 });
+  const who = t.c.presence("chat:1");
+  const hist = t.c.history("chat:1", { limit: 2 });
+  const [pa, pb, pp, ph] = sentOf(ws, "publish").concat(sentOf(ws, "presence"), sentOf(ws, "history"));
+  assert.deepEqual(pa, { type: "publish", channel: "chat:1", id: pa.id, data: { n: 1 } });
+  assert.notEqual(pa.id, pb.id);
+  assert.equal(ph.limit, 2);
+  // Replies out of order, each to its id.
+  ws.push({ type: "history", id: ph.id, channel: "chat:1", epoch: "e1", publications: [
+    { type: "publication", channel: "chat:1", offset: 4, data: "x", info: { user_id: "7" } },
+    { type: "publication", channel: "chat:1", offset: 5, data: "y" },
+  ] });
+  ws.push({ type: "ok", id: pb.id, offset: 12 });
+  ws.push({ type: "presence", id: pp.id, channel: "chat:1", users: [{ user_id: "42", sessions: 2 }] });
+  ws.push({ type: "ok", id: pa.id, offset: 11 });
+  assert.deepEqual(await a, { offset: 11 });
+  assert.deepEqual(await b, { offset: 12 });
+  assert.deepEqual(await who, [{ userId: "42", sessions: 2 }]);
+  assert.deepEqual(await hist, {
+    channel: "chat:1",
+    epoch: "e1",
+    publications: [
+      { channel: "chat:1", offset: 4, data: "x", info: { userId: "7" } },
+      { channel: "chat:1", offset: 5, data: "y" },
+    ],
+  });
+  // A refusal rejects that request only, with the server's reason; no error event, still open.
+  const denied = t.c.publish("news", 1);
+  ws.push({ type: "error", id: sentOf(ws, "publish").at(-1).id, reason: "permission_denied", detail: "no grant" });
+  await assert.rejects(denied, (e) =>
+    e instanceof ChannelError && e instanceof PalisadeError && e.reason === "permission_denied" &&
+    e.channel === "news" && e.detail === "no grant");
+  const off = t.c.history("chat:1");
+  ws.push({ type: "error", id: sentOf(ws, "history").at(-1).id, reason: "unavailable", detail: "no history" });
+  await assert.rejects(off, (e) => e.reason === "unavailable");
+  assert.deepEqual(t.errors, []);
+  assert.equal(t.c.state, "open");
+  t.c.close();
+});
+
+test("requests time out; a late reply is ignored; a drop fails what was sent", async () => {
+  const t = client({ requestTimeoutMs: 30 });
+  let ws = await authenticate(t);
+  const slow = t.c.publish("chat:1", "late");
+  const started = Date.now();
+  await assert.rejects(slow, (e) => e instanceof ChannelError && e.reason === "timeout");
+  assert.ok(Date.now() - started >= 25);
+  ws.push({ type: "ok", id: sentOf(ws, "publish")[0].id, offset: 1 }); // Nothing to resolve.
+  // A per-request timeout overrides the client's.
+  const quick = t.c.presence("chat:1", { timeoutMs: 5 });
+  await assert.rejects(quick, (e) => e.reason === "timeout");
+  // In flight when the connection drops: connection_lost (it may or may not have happened).
+  const lost = t.c.publish("chat:1", "lost");
+  ws.drop(1006);
+  await assert.rejects(lost, (e) => e.reason === "connection_lost");
+  // While disconnected, without the opt-in queue: not_connected at once.
+  await assert.rejects(t.c.publish("chat:1", 1), (e) => e instanceof ChannelError && e.reason === "not_connected");
+  t.c.close();
+  await assert.rejects(t.c.publish("chat:1", 1), (e) => e.reason === "closed");
+  assert.throws(() => t.c.subscribe("chat:1", { onPublication() {} }), (e) => e.reason === "closed");
+});
+
+test("with queueSize, requests made while disconnected go after the resubscriptions", async () => {
+  const t = client({ queueSize: 3, requestTimeoutMs: 2000 });
+  let ws = await authenticate(t);
+  const sub = t.c.subscribe("chat:1", { onPublication() {} });
+  ws.push({ type: "subscribed", id: sentOf(ws, "subscribe")[0].id, channel: "chat:1", epoch: "e", offset: 0, recovered: false, publications: [] });
+  await sub.ready;
+  ws.drop(1006);
+  t.c.send("m");
+  const queued = t.c.publish("chat:1", "q");
+  assert.equal(t.c.queued, 2);
+  await until(() => Script.sockets.length === 2, "the reconnect");
+  ws = await authenticate(t);
+  assert.deepEqual(ws.sent.slice(1).map((e) => e.type), ["subscribe", "message", "publish"]);
+  ws.push({ type: "ok", id: sentOf(ws, "publish")[0].id, offset: 1 });
+  assert.deepEqual(await queued, { offset: 1 });
+  t.c.close();
+});
+
+test("a subscription delivers in order, resubscribes with since, and reports gaps", async () => {
+  const t = client();
+  let ws = await authenticate(t);
+  const got = [];
+  const gaps = [];
+  const infos = [];
+  const sub = t.c.subscribe("chat:1", {
+    onPublication: (p) => got.push(p.offset),
+    onGap: (g) => gaps.push(g),
+    onSubscribed: (i) => infos.push(i),
+  });
+  assert.equal(sub.state, "subscribing");
+  assert.throws(() => t.c.subscribe("chat:1", { onPublication() {} }), (e) => e.reason === "already_subscribed");
+  let req = sentOf(ws, "subscribe")[0];
+  assert.deepEqual(req, { type: "subscribe", channel: "chat:1", id: req.id });
+  ws.push({ type: "publication", channel: "chat:1", offset: 9, data: 0 }); // Before subscribed: ignored.
+  ws.push({ type: "subscribed", id: req.id, channel: "chat:1", epoch: "E", offset: 3, recovered: false, publications: [] });
+  assert.deepEqual(await sub.ready, { channel: "chat:1", epoch: "E", offset: 3, recovered: false, resubscribed: false });
+  assert.equal(sub.state, "subscribed");
+  for (const offset of [4, 5, 5]) ws.push({ type: "publication", channel: "chat:1", offset, data: offset });
+  ws.push({ type: "publication", channel: "chat:other", offset: 6, data: 0 }); // Not subscribed.
+  assert.deepEqual(got, [4, 5], "a repeated offset is delivered once");
+  assert.deepEqual(sub.since, { epoch: "E", offset: 5 });
+
+  // Reconnect: subscribe again from the last offset seen; the recovered ones arrive in order.
+  ws.drop(1006);
+  assert.equal(sub.state, "subscribing");
+  await until(() => Script.sockets.length === 2, "the reconnect");
+  ws = await authenticate(t);
+  req = sentOf(ws, "subscribe")[0];
+  assert.deepEqual(req.since, { epoch: "E", offset: 5 });
+  ws.push({ type: "subscribed", id: req.id, channel: "chat:1", epoch: "E", offset: 7, recovered: true, publications: [
+    { type: "publication", channel: "chat:1", offset: 6, data: 6 },
+    { type: "publication", channel: "chat:1", offset: 7, data: 7 },
+  ] });
+  assert.deepEqual(got, [4, 5, 6, 7]);
+  assert.deepEqual(gaps, []);
+  assert.equal(infos.at(-1).recovered, true);
+  assert.equal(infos.at(-1).resubscribed, true);
+
+  // A restart: another epoch, not recovered: a gap, and the new position.
+  ws.drop(1012);
+  await until(() => Script.sockets.length === 3, "the reconnect");
+  ws = await authenticate(t);
+  req = sentOf(ws, "subscribe")[0];
+  assert.deepEqual(req.since, { epoch: "E", offset: 7 });
+  ws.push({ type: "subscribed", id: req.id, channel: "chat:1", epoch: "F", offset: 0, recovered: false, publications: [] });
+  assert.deepEqual(gaps, [{ channel: "chat:1", previous: { epoch: "E", offset: 7 }, current: { epoch: "F", offset: 0 } }]);
+  ws.push({ type: "publication", channel: "chat:1", offset: 1, data: 1 });
+  assert.deepEqual(got, [4, 5, 6, 7, 1]);
+  assert.deepEqual(sub.since, { epoch: "F", offset: 1 });
+  t.c.close();
+});
+
+test("refused subscribes reject ready; ends are reported with their reason", async () => {
+  const t = client({ requestTimeoutMs: 40 });
+  let ws = await authenticate(t);
+  const denied = t.c.subscribe("secret", { onPublication() {} });
+  ws.push({ type: "error", id: sentOf(ws, "subscribe")[0].id, reason: "permission_denied", detail: "no grant" });
+  await assert.rejects(denied.ready, (e) => e instanceof ChannelError && e.reason === "permission_denied" && e.channel === "secret");
+  assert.equal(denied.state, "unsubscribed");
+  assert.equal(t.c.subscription("secret"), undefined);
+  assert.deepEqual(t.errors, [], "a refusal is not a connection error");
+
+  // No reply at all: ready rejects with timeout, and the client tells the server it gives up.
+  const silent = t.c.subscribe("chat:silent", { onPublication() {} });
+  await assert.rejects(silent.ready, (e) => e.reason === "timeout");
+  assert.equal(sentOf(ws, "unsubscribe").at(-1).channel, "chat:silent");
+
+  // The server ends a subscription (a refresh took the grant away).
+  const ended = [];
+  const got = [];
+  const sub = t.c.subscribe("chat:1", { onPublication: (p) => got.push(p), onUnsubscribed: (r) => ended.push(r) });
+  ws.push({ type: "subscribed", id: sentOf(ws, "subscribe").at(-1).id, channel: "chat:1", epoch: "E", offset: 0, recovered: false, publications: [] });
+  await sub.ready;
+  ws.push({ type: "unsubscribed", channel: "chat:1", reason: "permission_revoked" });
+  ws.push({ type: "publication", channel: "chat:1", offset: 1, data: 1 });
+  assert.deepEqual(ended, ["permission_revoked"]);
+  assert.deepEqual(got, []);
+  assert.equal(sub.state, "unsubscribed");
+
+  // unsubscribe(): sent with an id, resolved by the matching unsubscribed.
+  const mine = t.c.subscribe("chat:2", { onPublication: (p) => got.push(p), onUnsubscribed: (r) => ended.push(r) });
+  ws.push({ type: "subscribed", id: sentOf(ws, "subscribe").at(-1).id, channel: "chat:2", epoch: "E", offset: 0, recovered: false, publications: [] });
+  await mine.ready;
+  const done = mine.unsubscribe();
+  const un = sentOf(ws, "unsubscribe").at(-1);
+  assert.equal(un.channel, "chat:2");
+  ws.push({ type: "publication", channel: "chat:2", offset: 1, data: 1 }); // In flight: dropped.
+  ws.push({ type: "unsubscribed", id: un.id, channel: "chat:2", reason: "client" });
+  await done;
+  assert.deepEqual(ended, ["permission_revoked", "client"]);
+  assert.deepEqual(got, []);
+
+  // A refused resubscription after a reconnect ends the subscription through the callbacks.
+  const errs = [];
+  const again = t.c.subscribe("chat:3", { onPublication() {}, onUnsubscribed: (r) => ended.push(r), onError: (e) => errs.push(e.reason) });
+  ws.push({ type: "subscribed", id: sentOf(ws, "subscribe").at(-1).id, channel: "chat:3", epoch: "E", offset: 0, recovered: false, publications: [] });
+  await again.ready;
+  ws.drop(1006);
+  await until(() => Script.sockets.length === 2, "the reconnect");
+  ws = await authenticate(t);
+  ws.push({ type: "error", id: sentOf(ws, "subscribe")[0].id, reason: "permission_denied", detail: "gone" });
+  assert.deepEqual(errs, ["permission_denied"]);
+  assert.deepEqual(ended.at(-1), "permission_denied");
+  assert.equal(again.state, "unsubscribed");
+
+  // close() ends the rest: pending ones reject, active ones hear "closed".
+  const last = t.c.subscribe("chat:4", { onPublication() {}, onUnsubscribed: (r) => ended.push(r) });
+  const pendingPublish = t.c.publish("chat:4", 1);
+  t.c.close();
+  await assert.rejects(last.ready, (e) => e.reason === "closed");
+  await assert.rejects(pendingPublish, (e) => e.reason === "closed");
+});
+
+test("a subscribe made while disconnected is sent after authentication, with a given since", async () => {
+  const t = client();
+  const sub = t.c.subscribe("chat:1", { onPublication() {}, since: { epoch: "E", offset: 2 } });
+  const ws = await authenticate(t);
+  const req = sentOf(ws, "subscribe")[0];
+  assert.deepEqual(req.since, { epoch: "E", offset: 2 });
+  ws.push({ type: "subscribed", id: req.id, channel: "chat:1", epoch: "E", offset: 2, recovered: true, publications: [] });
+  assert.equal((await sub.ready).recovered, true);
   t.c.close();
 });

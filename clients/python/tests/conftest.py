@@ -25,13 +25,15 @@ ROOT = Path(__file__).resolve().parents[3]
 BIN = os.environ.get("PALISADE_BIN", str(ROOT / "target" / "debug" / "palisade"))
 
 
-def token(user_id: str, ttl_secs: int) -> str:
+def token(user_id: str, ttl_secs: int, **claims: object) -> str:
+    """An HS256 token; ``claims`` are added (e.g. ``channels={"chat:*": ["subscribe"]}``)."""
+
     def b64(raw: bytes) -> str:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     now = int(time.time())
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps({"user_id": user_id, "iat": now, "exp": now + ttl_secs}).encode())
+    body = b64(json.dumps({"user_id": user_id, "iat": now, "exp": now + ttl_secs, **claims}).encode())
     sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
     return f"{head}.{body}.{b64(sig)}"
 

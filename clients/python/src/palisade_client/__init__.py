@@ -17,11 +17,28 @@ Example::
                 print(data)
 
     asyncio.run(main())
+
+Channels::
+
+    sub = await c.subscribe("chat:room1", on_gap=lambda gap: reload_state())
+    await c.publish("chat:room1", {"text": "hi all"})
+    async for pub in sub:
+        print(pub.offset, pub.user_id, pub.data)
 """
 
 from .backoff import Advice, CloseInfo, Decision, Retry, Stop, advice_for_code, decide, full_jitter
+from .channels import (
+    Gap,
+    History,
+    PresenceUser,
+    Publication,
+    StreamPosition,
+    SubscribedInfo,
+    Subscription,
+)
 from .client import PROTOCOL, PalisadeClient, Session, State, TokenReason, connect
 from .errors import (
+    ChannelError,
     ClientClosed,
     NotConnected,
     PalisadeError,
@@ -33,18 +50,26 @@ from .errors import (
 __all__ = [
     "PROTOCOL",
     "Advice",
+    "ChannelError",
     "ClientClosed",
     "CloseInfo",
     "Decision",
+    "Gap",
+    "History",
     "NotConnected",
     "PalisadeClient",
     "PalisadeError",
+    "PresenceUser",
+    "Publication",
     "QueueFull",
     "Refused",
     "Retry",
     "Session",
     "State",
     "Stop",
+    "StreamPosition",
+    "SubscribedInfo",
+    "Subscription",
     "TokenProviderError",
     "TokenReason",
     "advice_for_code",

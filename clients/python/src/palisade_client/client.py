@@ -17,7 +17,18 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .backoff import ADVICE, DEFAULT_BASE, DEFAULT_CAP, Advice, CloseInfo, Stop, decide
+from .channels import (
+    Gap,
+    History,
+    PresenceUser,
+    Publication,
+    StreamPosition,
+    SubscribedInfo,
+    Subscription,
+    to_publication,
+)
 from .errors import (
+    ChannelError,
     ClientClosed,
     NotConnected,
     PalisadeError,
@@ -50,6 +61,19 @@ class Session:
 
 _END = object()
 
+DEFAULT_REQUEST_TIMEOUT = 10.0
+"""Seconds a channel request waits for its reply."""
+
+
+@dataclass
+class _Pending:
+    """A channel request waiting for its reply (or, queued, for the connection)."""
+
+    future: "asyncio.Future[dict[str, Any]]"
+    channel: str
+    expects: str
+    sent: bool
+
 
 class PalisadeClient:
     """Use :func:`connect`. ``async with connect(...) as c``, then ``await c.send(data)`` and
@@ -68,6 +92,7 @@ class PalisadeClient:
         on_error: Optional[Callable[[PalisadeError], None]] = None,
         on_state: Optional[Callable[[State], None]] = None,
         random: Callable[[], float] = _random.random,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         **ws_options: Any,
     ) -> None:
         self.url = url
@@ -82,7 +107,13 @@ class PalisadeClient:
         self._ws: Optional[ClientConnection] = None
         self._session: Optional[Session] = None
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._outbox: list[Any] = []
+        # Queued while disconnected: ("message", data) or ("request", id, envelope).
+        self._outbox: list[tuple[Any, ...]] = []
+        self._request_timeout = request_timeout
+        self._subs: dict[str, Subscription] = {}
+        self._subscribing: dict[int, Subscription] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
         self._opened = asyncio.Event()
         self._fatal: Optional[PalisadeError] = None
         self._task: Optional[asyncio.Task[None]] = None
@@ -141,7 +172,98 @@ class PalisadeClient:
             raise NotConnected("not_connected", "not connected (queue_size is 0)")
         if len(self._outbox) >= self._queue_size:
             raise QueueFull("queue_full", f"the send queue holds its {self._queue_size} messages")
-        self._outbox.append(data)
+        self._outbox.append(("message", data))
+
+    # ---- channels ----
+
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        on_publication: Optional[Callable[[Publication], None]] = None,
+        on_gap: Optional[Callable[[Gap], None]] = None,
+        on_subscribed: Optional[Callable[[SubscribedInfo], None]] = None,
+        on_unsubscribed: Optional[Callable[[str], None]] = None,
+        since: Optional[StreamPosition] = None,
+        timeout: Optional[float] = None,
+    ) -> Subscription:
+        """Subscribes to ``channel`` and returns once the server confirmed it.
+
+        Publications go to ``on_publication`` (a plain function) or, without it, to the
+        subscription's async iterator. After every reconnect the client subscribes again with
+        ``since`` (the last epoch and offset seen): what the server recovered arrives first, in
+        order; when it could not recover (``recovered: false``: a restart, or more missed than
+        its history holds) ``on_gap`` gets a :class:`Gap` (also kept in ``sub.gaps``).
+
+        While disconnected the subscribe is sent after the next authentication; ``timeout``
+        (default ``request_timeout``) bounds the wait for the reply once sent. Raises
+        :class:`ChannelError` (``permission_denied``, ``bad_channel``,
+        ``too_many_subscriptions``, ``timeout``, ``already_subscribed``, ``closed``).
+        """
+        if self._state == "closed":
+            raise ChannelError("closed", channel, "the client is closed")
+        if channel in self._subs:
+            raise ChannelError("already_subscribed", channel, "this client already has a subscription to it")
+        sub = Subscription(
+            self, channel, on_publication=on_publication, on_gap=on_gap, on_subscribed=on_subscribed,
+            on_unsubscribed=on_unsubscribed, since=since, timeout=timeout,
+        )
+        self._subs[channel] = sub
+        ws = self._ws
+        try:
+            if self._state == "open" and ws is not None:
+                await self._send_subscribe(ws, sub)
+            await sub._ready
+        except BaseException:
+            # Refused, timed out or cancelled: nothing is left behind.
+            if sub.state != "unsubscribed":
+                self._forget(sub, "client")
+                self._tell_unsubscribe(sub.channel)
+            raise
+        return sub
+
+    def subscription(self, channel: str) -> Optional[Subscription]:
+        """The subscription to ``channel``, if any."""
+        return self._subs.get(channel)
+
+    async def unsubscribe(self, channel: str, timeout: Optional[float] = None) -> None:
+        """Ends the subscription to ``channel`` (no-op without one)."""
+        sub = self._subs.get(channel)
+        if sub is not None:
+            await sub.unsubscribe(timeout)
+
+    async def publish(self, channel: str, data: Any, *, timeout: Optional[float] = None) -> int:
+        """Publishes ``data`` (any JSON value) to ``channel``; returns its offset. Raises
+        :class:`ChannelError`: the server's reason (``permission_denied``, ...), ``timeout``,
+        ``connection_lost`` (it may or may not have been published), ``not_connected`` or
+        ``queue_full`` (see ``queue_size``), ``closed``."""
+        env = await self._request("publish", channel, {"data": data}, "ok", timeout)
+        offset = env.get("offset")
+        return offset if isinstance(offset, int) else 0
+
+    async def presence(self, channel: str, *, timeout: Optional[float] = None) -> list[PresenceUser]:
+        """The users subscribed to ``channel`` on the server, with their session counts."""
+        env = await self._request("presence", channel, {}, "presence", timeout)
+        users = env.get("users")
+        return [
+            PresenceUser(str(u.get("user_id")), int(u.get("sessions", 0)))
+            for u in (users if isinstance(users, list) else [])
+            if isinstance(u, dict)
+        ]
+
+    async def history(
+        self, channel: str, *, limit: Optional[int] = None, timeout: Optional[float] = None
+    ) -> History:
+        """The last publications the server holds for ``channel``, oldest first
+        (``unavailable`` when the server keeps no history)."""
+        fields = {} if limit is None else {"limit": limit}
+        env = await self._request("history", channel, fields, "history", timeout)
+        pubs = env.get("publications")
+        return History(
+            channel,
+            str(env.get("epoch")),
+            [to_publication(channel, p) for p in (pubs if isinstance(pubs, list) else []) if isinstance(p, dict)],
+        )
 
     async def recv(self) -> Any:
         """The next ``data`` from the server."""
@@ -204,6 +326,7 @@ class PalisadeClient:
             self._outbox.clear()
             self._set_state("closed")
             self._inbox.put_nowait(_END)
+            self._fail_channels()
 
     async def _token(self, reason: TokenReason) -> str:
         value = self._provider(reason) if self._takes_reason else self._provider()  # type: ignore[call-arg]
@@ -275,9 +398,19 @@ class PalisadeClient:
                         authenticated = True
                         self._set_state("open")
                         self._opened.set()
+                        for sub in list(self._subs.values()):
+                            if sub.state == "subscribing" and sub._request_id is None:
+                                await self._send_subscribe(ws, sub)
                         queued, self._outbox = self._outbox, []
-                        for data in queued:
-                            await ws.send(_dumps({"type": "message", "data": data}))
+                        for item in queued:
+                            if item[0] == "message":
+                                await ws.send(_dumps({"type": "message", "data": item[1]}))
+                                continue
+                            pending = self._pending.get(item[1])
+                            if pending is None or pending.future.done():
+                                continue  # Timed out while queued.
+                            pending.sent = True
+                            await ws.send(_dumps(item[2]))
         except ConnectionClosed as e:
             code = e.rcvd.code if e.rcvd is not None else 1006
             return self._close_info(code), authenticated
@@ -297,6 +430,7 @@ class PalisadeClient:
             return CloseInfo(1006), False
         finally:
             self._ws = None
+            self._connection_lost()
         code = ws.close_code if ws.close_code is not None else 1006
         return self._close_info(code), authenticated
 
@@ -327,6 +461,30 @@ class PalisadeClient:
             return True
         if kind == "message":
             self._inbox.put_nowait(env.get("data"))
+        elif kind == "subscribed":
+            sub = self._subs.get(str(env.get("channel")))
+            if sub is not None and sub.state != "unsubscribed":
+                if sub._request_id is not None:
+                    self._subscribing.pop(sub._request_id, None)
+                sub._subscribed(env)
+        elif kind == "publication":
+            sub = self._subs.get(str(env.get("channel")))
+            if sub is not None:
+                sub._publication(env)
+        elif kind == "unsubscribed":
+            rid = env.get("id")
+            pending = self._pending.get(rid) if isinstance(rid, int) else None
+            if pending is not None and pending.expects == "unsubscribed":
+                self._reply(rid, env)  # type: ignore[arg-type]
+            elif env.get("reason") != "client":
+                # Ended by the server: permission_revoked, channel_closed.
+                sub = self._subs.get(str(env.get("channel")))
+                if sub is not None:
+                    self._forget(sub, str(env.get("reason")))
+        elif kind in ("ok", "presence", "history"):
+            rid = env.get("id")
+            if isinstance(rid, int):
+                self._reply(rid, env)
         elif kind == "expiring":
             task = asyncio.create_task(self._refresh(ws))
             self._refreshes.add(task)
@@ -345,11 +503,147 @@ class PalisadeClient:
                 reconnect=reconnect if reconnect in ADVICE else None,
                 retry_after_ms=retry if isinstance(retry, int) else None,
             )
+            rid = env.get("id")
+            answered = isinstance(rid, int) and self._refused(rid, err.reason, err.detail)
             if err.reconnect is not None:
                 self._last_error = err  # A close follows; the supervisor decides.
-            else:
+            elif not answered:
                 self._report(err)  # A refused refresh, a bad envelope: the session goes on.
         return False
+
+    # ---- channel internals ----
+
+    async def _send_subscribe(self, ws: ClientConnection, sub: Subscription) -> None:
+        rid = self._next_id
+        self._next_id += 1
+        since = sub.since
+        envelope: dict[str, Any] = {"type": "subscribe", "channel": sub.channel, "id": rid}
+        if since is not None:
+            envelope["since"] = {"epoch": since.epoch, "offset": since.offset}
+        sub._request_id, sub._sent_since = rid, since
+        self._subscribing[rid] = sub
+        limit = sub.timeout if sub.timeout is not None else self._request_timeout
+        sub._timer = asyncio.get_running_loop().call_later(limit, self._subscribe_timed_out, sub, rid, limit)
+        try:
+            await ws.send(_dumps(envelope))
+        except ConnectionClosed:
+            pass  # The reconnect sends it again.
+
+    def _subscribe_timed_out(self, sub: Subscription, rid: int, limit: float) -> None:
+        self._subscribing.pop(rid, None)
+        sub._timer = None
+        if sub._failed(ChannelError("timeout", sub.channel, f"no reply to subscribe within {limit} s")):
+            self._forget(sub, "timeout")
+            self._tell_unsubscribe(sub.channel)
+
+    def _tell_unsubscribe(self, channel: str) -> None:
+        """Tells the server, without waiting, that a subscription it may hold is not wanted."""
+        ws = self._ws
+        if self._state != "open" or ws is None:
+            return
+        rid = self._next_id
+        self._next_id += 1
+        task = asyncio.ensure_future(ws.send(_dumps({"type": "unsubscribe", "channel": channel, "id": rid})))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _forget(self, sub: Subscription, reason: str, error: Optional[PalisadeError] = None) -> None:
+        """Ends ``sub`` locally (no message to the server)."""
+        if sub._request_id is not None:
+            self._subscribing.pop(sub._request_id, None)
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+        sub._end(reason, error)
+
+    async def _end_subscription(self, sub: Subscription, timeout: Optional[float]) -> None:
+        if sub.state == "unsubscribed" or self._subs.get(sub.channel) is not sub:
+            return
+        self._forget(sub, "client")
+        if self._state != "open" or self._ws is None:
+            return  # The server forgot it with the connection.
+        await self._request("unsubscribe", sub.channel, {}, "unsubscribed", timeout, queueable=False)
+
+    async def _request(
+        self,
+        kind: str,
+        channel: str,
+        fields: dict[str, Any],
+        expects: str,
+        timeout: Optional[float],
+        queueable: bool = True,
+    ) -> dict[str, Any]:
+        """Sends (or queues) a request; returns the reply of type ``expects``."""
+        if self._state == "closed":
+            raise ChannelError("closed", channel, "the client is closed")
+        rid = self._next_id
+        self._next_id += 1
+        envelope = {"type": kind, "channel": channel, "id": rid, **fields}
+        ws = self._ws
+        is_open = self._state == "open" and ws is not None
+        if not is_open:
+            if not queueable or self._queue_size <= 0:
+                raise ChannelError("not_connected", channel, "not connected (queue_size is 0)")
+            if len(self._outbox) >= self._queue_size:
+                raise ChannelError("queue_full", channel, f"the send queue holds its {self._queue_size} messages")
+            self._outbox.append(("request", rid, envelope))
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = _Pending(future, channel, expects, sent=is_open)
+        limit = timeout if timeout is not None else self._request_timeout
+        try:
+            if is_open:
+                assert ws is not None
+                try:
+                    await ws.send(_dumps(envelope))
+                except ConnectionClosed:
+                    raise ChannelError("connection_lost", channel, "the connection closed") from None
+            return await asyncio.wait_for(future, limit)
+        except asyncio.TimeoutError:
+            raise ChannelError("timeout", channel, f"no reply to {kind} within {limit} s") from None
+        finally:
+            self._pending.pop(rid, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # Retrieved, even when the send failed first.
+
+    def _reply(self, rid: int, env: dict[str, Any]) -> None:
+        pending = self._pending.get(rid)
+        if pending is None or pending.expects != env.get("type") or pending.future.done():
+            return  # Late (timed out) or not ours.
+        pending.future.set_result(env)
+
+    def _refused(self, rid: int, reason: str, detail: str) -> bool:
+        """An ``error`` with an ``id``; returns whether it answered one of our requests."""
+        pending = self._pending.get(rid)
+        if pending is not None:
+            if not pending.future.done():
+                pending.future.set_exception(ChannelError(reason, pending.channel, detail))
+            return True
+        sub = self._subscribing.pop(rid, None)
+        if sub is not None:
+            err = ChannelError(reason, sub.channel, detail)
+            if sub._failed(err):
+                self._forget(sub, reason, err)
+            return True
+        return False
+
+    def _connection_lost(self) -> None:
+        """Sent requests cannot be answered any more; subscriptions wait to resubscribe."""
+        for pending in self._pending.values():
+            if pending.sent and not pending.future.done():
+                pending.future.set_exception(
+                    ChannelError("connection_lost", pending.channel, "the connection closed before the reply")
+                )
+        self._subscribing.clear()
+        for sub in self._subs.values():
+            sub._disconnected()
+
+    def _fail_channels(self) -> None:
+        """The client is closed: every request fails, every subscription ends."""
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(ChannelError("closed", pending.channel, "the client is closed"))
+        self._subscribing.clear()
+        subs, self._subs = list(self._subs.values()), {}
+        for sub in subs:
+            sub._end("closed", self._fatal)
 
     async def _refresh(self, ws: ClientConnection) -> None:
         try:
@@ -389,7 +683,8 @@ def connect(url: str, token_provider: TokenProvider, **options: Any) -> Palisade
     server closed with ``after_refresh``). A provider without parameters is fine too.
 
     Options: ``backoff_base`` (0.5 s), ``backoff_cap`` (30 s), ``queue_size`` (0: ``send``
-    while disconnected raises), ``auth_timeout`` (10 s), ``on_error``, ``on_state``; other
-    keyword arguments go to :func:`websockets.asyncio.client.connect`.
+    and channel requests while disconnected raise), ``auth_timeout`` (10 s),
+    ``request_timeout`` (10 s, channel requests), ``on_error``, ``on_state``; other keyword
+    arguments go to :func:`websockets.asyncio.client.connect`.
     """
     return PalisadeClient(url, token_provider, **options)

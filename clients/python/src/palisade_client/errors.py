@@ -50,3 +50,24 @@ class ClientClosed(PalisadeError):
 
 class TokenProviderError(PalisadeError):
     """The token provider raised; the client reports it and retries with backoff."""
+
+
+class ChannelError(PalisadeError):
+    """A channel request failed; the connection goes on.
+
+    ``reason`` is the server's (``permission_denied``, ``bad_channel``,
+    ``too_many_subscriptions``, ``rate_limited``, ``message_too_big``, ``unavailable``,
+    ``bad_envelope``) or the client's: ``timeout`` (no reply in time), ``not_connected`` (not
+    connected and ``queue_size`` is 0), ``queue_full``, ``connection_lost`` (the connection
+    closed before the reply: the request may or may not have taken effect), ``closed`` (the
+    client was closed), ``already_subscribed``, ``unsubscribed`` (ended before the server
+    confirmed it). A subscription ended by the server (``permission_revoked``,
+    ``channel_closed``) raises it from its iteration. ``channel`` names the request's channel.
+    """
+
+    def __init__(self, reason: str, channel: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.channel = channel
+
+    def __str__(self) -> str:
+        return f"{self.channel}: {super().__str__()}"
