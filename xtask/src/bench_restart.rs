@@ -11,10 +11,12 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use palisade_testkit::Palisade;
 
 use crate::process;
 use crate::{cargo, root, status};
@@ -283,7 +285,7 @@ impl Old {
         let start = Instant::now();
         loop {
             let gone = match self {
-                Old::Child => matches!(server.child.try_wait(), Ok(Some(_))),
+                Old::Child => matches!(server.process.child.try_wait(), Ok(Some(_))),
                 Old::Pid(pid) => !alive(*pid),
             };
             if gone {
@@ -341,61 +343,23 @@ fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 /// The server: the first process is this command's child; after an upgrade `current` is the
 /// process that serves.
 struct Server {
-    child: Child,
+    process: Palisade,
     current: u32,
     echo: SocketAddr,
     admin: SocketAddr,
-    console: PathBuf,
 }
 
 impl Server {
     fn start(palisade: &Path, config: &Path, work: &Path) -> Result<Server, String> {
-        let console = work.join("console.log");
-        let stderr = fs::File::create(&console).map_err(|e| format!("console log: {e}"))?;
-        let mut child = Command::new(palisade)
-            .arg("--config")
-            .arg(config)
-            .env_remove("PALISADE_JWT_SECRET")
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", palisade.display()))?;
-        let lines = lines_of(child.stdout.take().ok_or("no stdout pipe")?);
-        let (mut echo, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while echo.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = lines.recv_timeout(left) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "palisade did not print its addresses; console:\n{}",
-                    fs::read_to_string(&console).unwrap_or_default()
-                ));
-            };
-            let addr = |prefix: &str| -> Option<SocketAddr> {
-                let rest = line.strip_prefix(prefix)?;
-                let rest = rest.trim_start_matches("ws://").trim_start_matches("http://");
-                rest.trim_end_matches('/').parse().ok()
-            };
-            if let Some(a) = addr("palisade: echo listening on ") {
-                echo = Some(a);
-            } else if let Some(a) = addr("palisade: admin listening on ") {
-                admin = Some(a);
-            }
-        }
-        // Keep reading the console lines of this process and its successors.
-        thread::spawn(move || for _ in lines {});
-        let (Some(echo), Some(admin)) = (echo, admin) else {
+        let mut cmd = Command::new(palisade);
+        cmd.env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS");
+        // The console lines of this process and its successors keep being read (and dropped).
+        let process = process::start(cmd, config, work, &["echo", "admin"])?;
+        let (Some(echo), Some(admin)) = (process.addr("echo"), process.addr("admin")) else {
             return Err("palisade did not print its addresses".into());
         };
-        let current = child.id();
-        Ok(Server { child, current, echo, admin, console })
+        let current = process.pid();
+        Ok(Server { process, current, echo, admin })
     }
 
     /// SIGTERM to the serving process, bounded; SIGKILL after 20 s.
@@ -404,15 +368,14 @@ impl Server {
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while alive(self.current) && Instant::now() < deadline {
-            let _ = self.child.try_wait();
+            let _ = self.process.child.try_wait();
             thread::sleep(Duration::from_millis(50));
         }
         if alive(self.current) {
             let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let console = fs::read_to_string(&self.console).unwrap_or_default();
+        self.process.kill();
+        let console = self.process.console();
         let errors = console.lines().filter(|l| l.contains("ERROR")).count();
         if errors > 0 {
             println!("xtask bench --restart: {errors} ERROR lines on the server console");

@@ -1,130 +1,43 @@
 //! The audit trail end to end: the real `palisade` binary on 127.0.0.1, real WebSocket and HTTP
 //! clients, then the file read back and checked with `palisade audit verify | tail`.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use palisade_digest::{Fingerprint, sha256};
-use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
+use palisade_token::{Algorithm, Claims};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// How long any single client step may take.
-const STEP: Duration = Duration::from_secs(5);
-/// The HS256 secret (at least 32 bytes).
-const SECRET: &str = "audit-test-secret-that-is-long-enough-0123456789";
+use crate::support::{
+    self, SECRET, STEP, Server, Ws, connect, expect_close, expect_text, mint, now, send_text,
+    toml_path,
+};
+
 /// The admin bearer token.
 const ADMIN_TOKEN: &str = "admin-token-for-the-audit-test-0123456789";
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-/// A running `palisade` with its folder; killed on drop.
-struct Server {
-    child: Child,
-    echo: SocketAddr,
-    secure: SocketAddr,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
+/// Starts the server with an admin token, a 1 s auth timeout and the audit trail in
+/// `audit/audit.log`, plus `overrides` (dotted keys).
+fn start(overrides: &str) -> Server {
+    let server = Server::builder();
+    let token_file = server.write_file("admin.token", ADMIN_TOKEN);
+    let audit_file = server.dir().join("audit").join("audit.log");
+    server
+        .set("secure.auth_timeout_secs", "1")
+        .set("admin.token_file", toml_path(&token_file))
+        .set("audit.file", toml_path(&audit_file))
+        .overrides(overrides)
+        .start()
 }
 
-impl Server {
-    /// Starts the server with these extra config lines.
-    fn start(extra: &str) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = |name: &str| toml_str(&dir.path().join(name));
-        std::fs::write(dir.path().join("admin.token"), ADMIN_TOKEN).unwrap();
-        let config = format!(
-            "[echo]\nlisten = \"127.0.0.1:0\"\n\
-             [secure]\nlisten = \"127.0.0.1:0\"\nauth_timeout_secs = 1\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {}\n\
-             [auth]\nleeway_secs = 0\n\
-             [log]\ndir = {}\nlevel = \"info\"\n\
-             [audit]\nfile = {}\n{extra}",
-            p("admin.token"),
-            p("log"),
-            p("audit/audit.log"),
-        );
-        let path = dir.path().join("palisade.toml");
-        std::fs::write(&path, &config).unwrap();
-        let stderr = File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--config")
-            .arg(&path)
-            .env("PALISADE_JWT_SECRET", SECRET)
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn palisade");
-        let lines = read_lines(child.stdout.take().unwrap());
-        let (mut echo, mut secure, mut admin) = (None, None, None);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while echo.is_none() || secure.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = lines.recv_timeout(left) else {
-                let _ = child.kill();
-                let err =
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!("palisade did not print its addresses\nconfig:\n{config}\nstderr:\n{err}");
-            };
-            let addr = |prefix: &str| -> Option<SocketAddr> {
-                let rest = line.strip_prefix(prefix)?;
-                let rest = rest.trim_start_matches("ws://").trim_start_matches("http://");
-                Some(rest.trim_end_matches('/').parse().expect("address"))
-            };
-            if let Some(a) = addr("palisade: echo listening on ") {
-                echo = Some(a);
-            } else if let Some(a) = addr("palisade: secure listening on ") {
-                secure = Some(a);
-            } else if let Some(a) = addr("palisade: admin listening on ") {
-                admin = Some(a);
-            }
-        }
-        Server { child, echo: echo.unwrap(), secure: secure.unwrap(), admin: admin.unwrap(), dir }
-    }
-
-    fn audit_file(&self) -> PathBuf {
-        self.dir.path().join("audit").join("audit.log")
-    }
-
-    fn error_log(&self) -> PathBuf {
-        self.dir.path().join("log").join("websocket_errors.log")
-    }
-
-    /// SIGTERM, then waits (bounded) for exit 0.
-    fn stop(&mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        assert!(status.expect("run kill").success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status after SIGTERM: {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "palisade did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn audit_file(server: &Server) -> PathBuf {
+    server.dir().join("audit").join("audit.log")
 }
 
 /// Lines of a child's stdout, read on a thread so waits can be bounded.
@@ -140,101 +53,39 @@ fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
     rx
 }
 
-fn toml_str(path: &Path) -> String {
-    Value::String(path.display().to_string()).to_string()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
-}
-
 fn token(user_id: &str, ttl_secs: i64, email: Option<&str>, secret: &str) -> String {
     let mut claims = Claims::new(user_id);
     claims.exp = Some(now().saturating_add_signed(ttl_secs));
     claims.email = email.map(|e| palisade_email::Email::parse(e).unwrap());
-    let codec = TokenCodec::new(TokenConfig::new(Algorithm::Hs256, vec![Key::secret(secret)]));
-    codec.unwrap().encode(&claims).unwrap()
-}
-
-async fn connect(addr: SocketAddr) -> Ws {
-    let (ws, _) = timeout(STEP, tokio_tungstenite::connect_async(format!("ws://{addr}/")))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    ws
-}
-
-async fn send(ws: &mut Ws, text: &str) {
-    timeout(STEP, ws.send(Message::text(text))).await.unwrap().unwrap();
-}
-
-/// The next text or close frame (pings skipped).
-async fn next(ws: &mut Ws) -> Message {
-    loop {
-        match timeout(STEP, ws.next()).await.expect("message in time") {
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(m)) => return m,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-}
-
-async fn expect_text(ws: &mut Ws, text: &str) {
-    match next(ws).await {
-        Message::Text(t) => assert_eq!(t.as_str(), text),
-        other => panic!("expected {text:?}, got {other:?}"),
-    }
-}
-
-async fn expect_close(ws: &mut Ws, code: u16) {
-    match next(ws).await {
-        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code),
-        other => panic!("expected close {code}, got {other:?}"),
-    }
+    mint(Algorithm::Hs256, secret, &claims)
 }
 
 /// Closes with 1000 and waits for the server's close frame.
 async fn close(ws: &mut Ws) {
     let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
     timeout(STEP, ws.close(Some(frame))).await.unwrap().unwrap();
-    expect_close(ws, 1000).await;
+    expect_close(ws, 1000, None).await;
 }
 
 /// Authenticates with `token`; expects `reply`.
 async fn auth(server: &Server, token: &str, reply: &str) -> Ws {
     let mut ws = connect(server.secure).await;
-    send(&mut ws, token).await;
+    send_text(&mut ws, token).await;
     expect_text(&mut ws, reply).await;
     ws
 }
 
-/// One HTTP/1.1 request to the admin API; returns status and body.
+/// One HTTP/1.1 request to the admin API with `bearer`; returns status and body.
 async fn http(
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     bearer: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut s = timeout(STEP, TcpStream::connect(addr)).await.unwrap().unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {bearer}\r\n"
-    );
-    if !body.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    timeout(STEP, s.read_to_end(&mut raw)).await.unwrap().unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let auth = format!("Bearer {bearer}");
+    let resp = support::http(addr, method, path, &[("Authorization", &auth)], body).await;
+    (resp.status, resp.body)
 }
 
 /// Every record of the audit files, oldest first.
@@ -284,7 +135,7 @@ fn stdout(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_events_are_recorded_without_secrets_and_verify() {
-    let mut server = Server::start("[firewall]\nban_after_auth_failures = 3\n");
+    let mut server = start("firewall.ban_after_auth_failures = 3");
     let good = token("alice", 60, Some("alice@example.com"), SECRET);
     let forged_user = "mallory\n{\"seq\":0,\"event\":\"unban\"}";
     let mallory = token(forged_user, 60, None, SECRET);
@@ -293,14 +144,14 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
 
     // A session that the client ends normally.
     let mut ws = auth(&server, &good, "Authenticated!").await;
-    send(&mut ws, "hi").await;
+    send_text(&mut ws, "hi").await;
     expect_text(&mut ws, "Server received: hi").await;
     close(&mut ws).await;
     // A session the admin will revoke; its user id holds a newline.
     let mut revoked = auth(&server, &mallory, "Authenticated!").await;
     // An auth timeout, then three failed tokens: the third bans 127.0.0.1.
     let mut slow = connect(server.secure).await;
-    expect_close(&mut slow, 1008).await;
+    expect_close(&mut slow, 1008, None).await;
     let _ = auth(&server, &expired, "Token Expired").await;
     let _ = auth(&server, &wrong_key, "Invalid Token").await;
     let _ = auth(&server, "not-a-token", "Invalid Token").await;
@@ -317,14 +168,14 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
     let session = sessions.as_array().unwrap()[0]["id"].as_str().unwrap().to_owned();
     let path = format!("/sessions/{session}");
     assert_eq!(http(server.admin, "DELETE", &path, ADMIN_TOKEN, "").await.0, 200);
-    expect_close(&mut revoked, 1008).await;
+    expect_close(&mut revoked, 1008, None).await;
     assert_eq!(http(server.admin, "DELETE", "/bans/127.0.0.1", ADMIN_TOKEN, "").await.0, 204);
     let ban = r#"{"ip": "192.0.2.7", "secs": 60}"#;
     assert_eq!(http(server.admin, "POST", "/bans", ADMIN_TOKEN, ban).await.0, 201);
     assert_eq!(http(server.admin, "DELETE", "/users/alice/sessions", ADMIN_TOKEN, "").await.0, 200);
     server.stop();
 
-    let file = server.audit_file();
+    let file = audit_file(&server);
     let recs = records(std::slice::from_ref(&file));
     let ip = Value::from("127.0.0.1");
     let ok = find(&recs, "auth_ok", &[("user_id", "alice".into())]);
@@ -415,7 +266,7 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
 
     // The head at shutdown is in the error log (which otherwise holds errors only) ...
     let head = sha256(text.lines().last().unwrap()).to_hex();
-    let errors = std::fs::read_to_string(server.error_log()).unwrap();
+    let errors = std::fs::read_to_string(server.error_log_path()).unwrap();
     let anchor = errors
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -426,7 +277,7 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
     assert_eq!(anchor["audit_seq"], recs.len() as u64 - 1);
 
     // ... and verify checks the chain against it.
-    let (f, e) = (file.to_str().unwrap(), server.error_log());
+    let (f, e) = (file.to_str().unwrap(), server.error_log_path());
     let e = e.to_str().unwrap();
     let out = palisade_audit(&["verify", "--anchors", e, f]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -449,7 +300,7 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
 
     // One edited byte: exit 1, with the line.
     let lines: Vec<&str> = text.lines().collect();
-    let tampered = server.dir.path().join("tampered.log");
+    let tampered = server.dir().join("tampered.log");
     let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     let at = lines.iter().position(|l| l.contains(r#""ip":"127.0.0.1""#)).unwrap();
     edited[at] = edited[at].replacen("127.0.0.1", "127.0.0.2", 1);
@@ -475,8 +326,8 @@ async fn security_events_are_recorded_without_secrets_and_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_one_chain_that_tail_follows() {
-    let mut server = Server::start("max_file_bytes = 2048\nmax_files = 100\n");
-    let file = server.audit_file();
+    let mut server = start("audit.max_file_bytes = 2048\naudit.max_files = 100");
+    let file = audit_file(&server);
     // Follow the active file from its end, across the rotations to come.
     let mut tail = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["audit", "tail", "-f", "-n", "0"])
@@ -532,10 +383,10 @@ async fn rotation_keeps_one_chain_that_tail_follows() {
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(r["seq"], i as u64);
     }
-    let errors = std::fs::read_to_string(server.error_log()).unwrap();
+    let errors = std::fs::read_to_string(server.error_log_path()).unwrap();
     let rotations = errors.lines().filter(|l| l.contains(r#""at":"rotation""#)).count();
     assert_eq!(rotations, files.len() - 1, "one anchor per rotation:\n{errors}");
-    let error_log = server.error_log();
+    let error_log = server.error_log_path();
     let mut args = vec!["verify", "--anchors", error_log.to_str().unwrap()];
     let names: Vec<String> = files.iter().map(|f| f.to_str().unwrap().to_owned()).collect();
     args.extend(names.iter().map(String::as_str));

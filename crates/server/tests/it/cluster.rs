@@ -5,35 +5,25 @@
 //! `redis-server` must be installed (`.ci/run` installs it); without it these tests fail,
 //! unless `PALISADE_SKIP_REDIS_TESTS=1` says to skip them.
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream as StdTcpStream};
+use std::ops::Deref;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
+use palisade_token::{Algorithm, Claims};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long any single client step may take.
-const STEP: Duration = Duration::from_secs(5);
-
-/// The HS256 secret of every node (at least 32 bytes).
-const SECRET: &str = "cluster-test-secret-that-is-long-enough-0123456789";
+use crate::support::{
+    self, HttpResponse, SECRET, STEP, Server, Ws, connect, connect_with, expect_text, mint,
+    next_message, now, round_trip, send_text, toml_str,
+};
 
 /// Session heartbeat of the test nodes; entries live three of them.
 const HEARTBEAT_SECS: u64 = 1;
 const TTL: Duration = Duration::from_secs(3 * HEARTBEAT_SECS);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 // ---- redis-server ----
 
@@ -128,122 +118,42 @@ impl Drop for Redis {
 
 /// A running `palisade` node; killed on drop.
 struct Node {
-    child: Child,
+    server: Server,
     id: String,
-    secure: SocketAddr,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
 }
 
 impl Node {
     /// Starts node `id` sharing `redis`, with the base test config plus `overrides` (lines of
     /// dotted keys such as `secure.max_sessions_per_user = 2`).
     fn start(redis: &Redis, id: &str, overrides: &str) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let quote = |s: &str| Value::String(s.to_owned()).to_string();
-        let mut keys: BTreeMap<String, String> = BTreeMap::new();
-        for (k, v) in [
-            ("echo.listen", quote("127.0.0.1:0")),
-            ("secure.listen", quote("127.0.0.1:0")),
-            ("admin.listen", quote("127.0.0.1:0")),
-            ("auth.leeway_secs", "0".to_owned()),
-            ("log.dir", quote(&dir.path().join("log").display().to_string())),
-            ("log.level", quote("info")),
-            ("firewall.trusted_proxies", "[\"127.0.0.1\"]".to_owned()),
-            ("cluster.redis_url", quote(&redis.url())),
-            ("cluster.node_id", quote(id)),
-            ("cluster.key_prefix", quote("test:")),
-            ("cluster.heartbeat_secs", HEARTBEAT_SECS.to_string()),
-            ("cluster.command_timeout_ms", "300".to_owned()),
-        ] {
-            keys.insert(k.to_owned(), v);
-        }
-        for line in overrides.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (k, v) = line.split_once('=').expect("override: key = value");
-            keys.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        let config = dir.path().join("palisade.toml");
-        std::fs::write(&config, &text).expect("write config");
-        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--config")
-            .arg(&config)
-            .env("PALISADE_JWT_SECRET", SECRET)
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .env_remove("PALISADE_REDIS_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn palisade");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Keep draining after the test stops listening, so the child never blocks.
-                let _ = tx.send(line);
-            }
-        });
-        let (mut secure, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while secure.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                let err =
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!(
-                    "node {id} did not print its addresses in time\nconfig:\n{text}\nstderr:\n{err}"
-                );
-            };
-            let addr = |prefix: &str| -> Option<SocketAddr> {
-                let rest = line.strip_prefix(prefix)?;
-                Some(rest.trim_end_matches('/').parse().expect("listening address"))
-            };
-            if let Some(a) = addr("palisade: secure listening on ws://") {
-                secure = Some(a);
-            } else if let Some(a) = addr("palisade: admin listening on http://") {
-                admin = Some(a);
-            }
-        }
-        Node {
-            child,
-            id: id.to_owned(),
-            secure: secure.expect("secure address"),
-            admin: admin.expect("admin address"),
-            dir,
-        }
+        let server = Server::builder()
+            .name(&format!("node {id}"))
+            .set("firewall.trusted_proxies", "[\"127.0.0.1\"]")
+            .set("cluster.redis_url", toml_str(&redis.url()))
+            .set("cluster.node_id", toml_str(id))
+            .set("cluster.key_prefix", toml_str("test:"))
+            .set("cluster.heartbeat_secs", HEARTBEAT_SECS.to_string())
+            .set("cluster.command_timeout_ms", "300")
+            .overrides(overrides)
+            .start();
+        Node { server, id: id.to_owned() }
     }
 
     /// SIGKILL: no chance to clean up its Redis entries.
     fn kill(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("wait");
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log").join("websocket_errors.log"))
-            .unwrap_or_default()
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.server.kill();
     }
 
     async fn get(&self, path: &str) -> HttpResponse {
-        http(self.admin, "GET", path, "").await
+        support::http(self.admin, "GET", path, &[], "").await
     }
 
     async fn post(&self, path: &str, body: &str) -> HttpResponse {
-        http(self.admin, "POST", path, body).await
+        support::http(self.admin, "POST", path, &[], body).await
     }
 
     async fn delete(&self, path: &str) -> HttpResponse {
-        http(self.admin, "DELETE", path, "").await
+        support::http(self.admin, "DELETE", path, &[], "").await
     }
 
     /// `GET /sessions` as (node, user, session id) rows.
@@ -286,17 +196,18 @@ impl Node {
 
     /// Connects to the secure endpoint and authenticates with `token`.
     async fn session(&self, token: &str) -> Ws {
-        let mut ws = connect(self.secure, &[]).await.expect("connect");
+        let mut ws = connect(self.secure).await;
         send_text(&mut ws, token).await;
         expect_text(&mut ws, "Authenticated!").await;
         ws
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Node {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
     }
 }
 
@@ -312,40 +223,20 @@ fn cluster(n: usize, overrides: &str) -> Option<(Redis, Vec<Node>)> {
 
 // ---- tokens ----
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs()
-}
-
 /// A token for `user_id`, valid for a minute, with `jti` when given, issued `age` seconds ago.
 fn token(user_id: &str, jti: Option<&str>, age: u64) -> (String, u64) {
     let mut claims = Claims::new(user_id);
     claims.iat = Some(now() - age);
     claims.exp = Some(now() + 60);
     claims.jti = jti.map(str::to_owned);
-    let codec = TokenCodec::new(TokenConfig::new(Algorithm::Hs256, vec![Key::secret(SECRET)]))
-        .expect("codec");
-    (codec.encode(&claims).expect("encode"), claims.exp.unwrap_or(0))
+    (mint(Algorithm::Hs256, SECRET, &claims), claims.exp.unwrap_or(0))
 }
 
 // ---- WebSocket client ----
 
-async fn connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Ws, tungstenite::Error> {
-    let mut req = format!("ws://{addr}/").into_client_request()?;
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-            http::HeaderValue::from_str(v).expect("header value"),
-        );
-    }
-    match timeout(STEP, tokio_tungstenite::connect_async(req)).await {
-        Ok(r) => r.map(|(ws, _)| ws),
-        Err(_) => panic!("websocket handshake with {addr} timed out"),
-    }
-}
-
 /// The HTTP status of a refused handshake, or `None` when the upgrade succeeded.
 async fn handshake_status(addr: SocketAddr, client_ip: &str) -> Option<u16> {
-    match connect(addr, &[("x-forwarded-for", client_ip)]).await {
+    match connect_with(addr, &[("x-forwarded-for", client_ip)]).await {
         Ok(mut ws) => {
             let _ = ws.close(None).await;
             None
@@ -377,96 +268,11 @@ async fn wait_handshake(
     }
 }
 
-async fn send_text(ws: &mut Ws, text: &str) {
-    timeout(STEP, ws.send(Message::text(text))).await.expect("send timed out").expect("send");
-}
-
-async fn next_message(ws: &mut Ws) -> Message {
-    loop {
-        match timeout(STEP, ws.next()).await.expect("no message from the server in time") {
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(m)) => return m,
-            Some(Err(e)) => panic!("client read error: {e}"),
-            None => panic!("the connection ended without a close frame"),
-        }
-    }
-}
-
-async fn expect_text(ws: &mut Ws, expected: &str) {
-    match next_message(ws).await {
-        Message::Text(t) => assert_eq!(t.as_str(), expected),
-        other => panic!("expected text {expected:?}, got {other:?}"),
-    }
-}
-
 async fn expect_close(ws: &mut Ws, code: u16, reason: &str) {
-    match next_message(ws).await {
-        Message::Close(Some(frame)) => {
-            assert_eq!(u16::from(frame.code), code, "close code ({:?})", frame.reason.as_str());
-            assert_eq!(frame.reason.as_str(), reason, "close reason");
-        }
-        other => panic!("expected close {code} {reason:?}, got {other:?}"),
-    }
-}
-
-async fn round_trip(ws: &mut Ws, text: &str) {
-    send_text(ws, text).await;
-    expect_text(ws, &format!("Server received: {text}")).await;
+    support::expect_close(ws, code, Some(reason)).await;
 }
 
 // ---- admin HTTP ----
-
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    body: String,
-}
-
-impl HttpResponse {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body))
-    }
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> HttpResponse {
-    let mut s =
-        timeout(STEP, TcpStream::connect(addr)).await.expect("connect timed out").expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !body.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let mut raw = Vec::new();
-    timeout(STEP, s.read_to_end(&mut raw)).await.expect("http response timed out").expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    HttpResponse { status, body }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
-}
 
 /// Waits until `GET /readyz` on `node` contains `text`; returns the body.
 async fn wait_readyz(node: &Node, text: &str, within: Duration) -> String {
@@ -532,7 +338,7 @@ async fn ban_through_one_node_is_refused_at_another_and_lifted_everywhere() {
     // Automatic bans (repeated authentication failures at B) are refused at A too.
     for _ in 0..2 {
         let mut ws =
-            connect(b.secure, &[("x-forwarded-for", "203.0.113.9")]).await.expect("connect");
+            connect_with(b.secure, &[("x-forwarded-for", "203.0.113.9")]).await.expect("connect");
         send_text(&mut ws, "not-a-token").await;
         expect_text(&mut ws, "Invalid Token").await;
         expect_close(&mut ws, 1008, "invalid token").await;
@@ -579,7 +385,7 @@ async fn revocations_through_one_node_close_sessions_on_another() {
     assert_eq!(resp.status, 201, "{}", resp.body);
     expect_close(&mut bob_on_b, 1008, "session revoked").await;
     for node in [a, b] {
-        let mut ws = connect(node.secure, &[]).await.expect("connect");
+        let mut ws = connect(node.secure).await;
         send_text(&mut ws, &bob).await;
         expect_text(&mut ws, "Invalid Token").await;
         expect_close(&mut ws, 1008, "token revoked").await;
@@ -594,7 +400,7 @@ async fn revocations_through_one_node_close_sessions_on_another() {
     let body = format!(r#"{{"user_id": "carol", "issued_before": {}}}"#, now() - 30);
     assert_eq!(b.post("/revocations", &body).await.status, 201);
     expect_close(&mut carol_on_a, 1008, "session revoked").await;
-    let mut ws = connect(a.secure, &[]).await.expect("connect");
+    let mut ws = connect(a.secure).await;
     send_text(&mut ws, &old).await;
     expect_text(&mut ws, "Invalid Token").await;
     let (fresh, _) = token("carol", None, 0);
@@ -612,7 +418,7 @@ async fn per_user_session_cap_counts_sessions_on_every_node() {
 
     // A third session, on either node, exceeds the cap counted across both.
     for node in [a, b] {
-        let mut ws = connect(node.secure, &[]).await.expect("connect");
+        let mut ws = connect(node.secure).await;
         send_text(&mut ws, &dave).await;
         expect_close(&mut ws, 1008, "too many sessions for this user").await;
     }
@@ -682,7 +488,7 @@ async fn sigkilled_node_leaves_the_cluster_view_within_the_heartbeat_ttl() {
     let _on_b = nodes[1].session(&heidi).await;
     nodes[0].wait_sessions(STEP, "heidi on node-b", |r| r.iter().any(|r| r.0 == "node-b")).await;
     // The cap holds while B lives.
-    let mut ws = connect(nodes[0].secure, &[]).await.expect("connect");
+    let mut ws = connect(nodes[0].secure).await;
     send_text(&mut ws, &heidi).await;
     expect_close(&mut ws, 1008, "too many sessions for this user").await;
 

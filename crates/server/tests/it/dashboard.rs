@@ -9,10 +9,6 @@
 //! `PALISADE_DASHBOARD_SCREENSHOT=docs/dashboard.png` makes the load test save its screenshot
 //! there (a relative path is taken from the workspace root).
 
-#[path = "it/support.rs"]
-#[allow(dead_code)] // Shared with the `it` test binary; this one uses only part of it.
-mod support;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,13 +19,15 @@ use fantoccini::elements::Element;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::{SinkExt, StreamExt};
-use support::{
-    Server, authenticated, connect, expect_close, expect_text, http, round_trip, send_text,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{
+    STEP, Server, authenticated, connect, expect_close, expect_text, http, round_trip, send_text,
+    toml_path,
+};
 
 /// Every test here is bounded by this, whatever it waits for.
 const TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -309,7 +307,7 @@ async fn screenshot_of_the_dashboard_under_load() {
             }
             for ws in &mut echo {
                 for _ in 0..per_client {
-                    let reply = timeout(support::STEP, ws.next()).await.expect("echo in time");
+                    let reply = timeout(STEP, ws.next()).await.expect("echo in time");
                     assert!(matches!(reply, Some(Ok(Message::Text(_)))), "{reply:?}");
                 }
             }
@@ -384,7 +382,7 @@ async fn feed_refuses_clients_beyond_sixteen() {
             let req = format!("GET /dashboard/feed HTTP/1.1\r\nHost: {}\r\n\r\n", server.admin);
             s.write_all(req.as_bytes()).await.expect("write request");
             let mut head = [0u8; 12];
-            timeout(support::STEP, s.read_exact(&mut head)).await.expect("answer").expect("read");
+            timeout(STEP, s.read_exact(&mut head)).await.expect("answer").expect("read");
             if head.starts_with(b"HTTP/1.1 200") {
                 break;
             }
@@ -471,7 +469,7 @@ async fn open_feed(admin: SocketAddr, token: Option<&str>) -> (TcpStream, serde_
     );
     s.write_all(req.as_bytes()).await.expect("write request");
     let mut text = String::new();
-    let read = timeout(support::STEP, async {
+    let read = timeout(STEP, async {
         let mut buf = [0u8; 4096];
         loop {
             let n = s.read(&mut buf).await.expect("read feed");
@@ -497,10 +495,6 @@ async fn open_feed(admin: SocketAddr, token: Option<&str>) -> (TcpStream, serde_
     let event = serde_json::from_str(data)
         .unwrap_or_else(|e| panic!("feed data is not JSON ({e}): {data}"));
     (s, event)
-}
-
-fn toml_path(path: &Path) -> String {
-    serde_json::Value::String(path.display().to_string()).to_string()
 }
 
 fn workspace_root() -> PathBuf {

@@ -2,30 +2,26 @@
 //! opened without a handshake, clients that stop reading while the server writes, and a leak
 //! check after thousands of connections that end in every error path.
 //!
-//! Self-contained on purpose (its own small helpers over raw TCP, so every byte is under the
-//! test's control); tests/it/support.rs has the fuller helpers of the main integration tests.
+//! Its own small helpers over raw TCP, so every byte is under the test's control, with a longer
+//! step than the other modules' (the server is under load); the server process and the frame
+//! codec are `support`'s.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
+use palisade_token::{Algorithm, Claims};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
+use crate::support::{SECRET, Server, masked, mint, now};
+
 /// How long any single client step may take before the test fails.
 const STEP: Duration = Duration::from_secs(10);
-
-/// The HS256 secret of the test server.
-const SECRET: &str = "hostile-test-secret-that-is-long-enough-0123456789";
 
 // ---- slow and half-open clients ----
 
@@ -39,7 +35,7 @@ async fn slow_and_half_open_clients_are_dropped_while_a_good_client_is_served() 
     const SILENT: usize = 50;
     const NON_READERS: usize = 20;
     let handshake_timeout = Duration::from_secs(2);
-    let server = Server::start(
+    let server = start(
         "limits.handshake_timeout_secs = 2
          limits.write_timeout_secs = 1
          limits.outbound_queue = 16
@@ -188,12 +184,12 @@ async fn slow_and_half_open_clients_are_dropped_while_a_good_client_is_served() 
     assert_eq!(silent.len(), SILENT);
     assert_eq!(non_readers.len(), NON_READERS);
 
-    let metrics = server.metrics().await;
+    let metrics = metrics(&server).await;
     let timeouts = sum(&metrics, "palisade_handshakes_refused_total{", r#"reason="timeout""#);
     assert_eq!(timeouts, (SLOWLORIS + SILENT) as f64, "handshake timeouts counted\n{metrics}");
     let slow = sum(&metrics, "palisade_errors_total{", r#"kind="slow_consumer""#);
     assert_eq!(slow, NON_READERS as f64, "slow consumers counted\n{metrics}");
-    server.wait_connections_closed().await;
+    wait_connections_closed(&server).await;
 }
 
 enum Hostile {
@@ -213,7 +209,7 @@ enum Hostile {
 /// there is no decompression bomb to defuse.
 #[tokio::test]
 async fn permessage_deflate_is_declined_and_compressed_frames_are_refused() {
-    let server = Server::start("");
+    let server = start("");
     let offer = ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits");
     let mut s = connect(server.echo).await;
     let req = upgrade_request(server.echo, &[offer]);
@@ -240,7 +236,7 @@ async fn permessage_deflate_is_declined_and_compressed_frames_are_refused() {
     frame[0] |= 0x40;
     s.write_all(&frame).await.expect("write compressed frame");
     expect_close_code(&mut s, 1002).await;
-    assert_eq!(server.metrics().await.matches("kind=\"protocol\"").count(), 1);
+    assert_eq!(metrics(&server).await.matches("kind=\"protocol\"").count(), 1);
 }
 
 // ---- resource leak ----
@@ -256,7 +252,7 @@ const LEAK_CONNECTIONS: usize = 10_000;
 /// open connection. Each connection task owns its socket, so a leaked task is a leaked fd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_ending_in_every_error_path_leak_nothing() {
-    let server = Server::start(
+    let server = start(
         "limits.handshake_timeout_secs = 1
          limits.idle_timeout_secs = 2
          limits.ping_interval_secs = 0
@@ -277,8 +273,8 @@ async fn connections_ending_in_every_error_path_leak_nothing() {
     for path in Path::ALL {
         path.run(&addrs, &tokens, 0).await;
     }
-    server.wait_connections_closed().await;
-    let baseline = server.wait_fds_settle().await;
+    wait_connections_closed(&server).await;
+    let baseline = wait_fds_settle(&server).await;
 
     let started = Instant::now();
     let limit = Arc::new(Semaphore::new(64));
@@ -306,8 +302,8 @@ async fn connections_ending_in_every_error_path_leak_nothing() {
     }
     let elapsed = started.elapsed();
 
-    server.wait_connections_closed().await;
-    let after = server.wait_fds_settle().await;
+    wait_connections_closed(&server).await;
+    let after = wait_fds_settle(&server).await;
     eprintln!(
         "{LEAK_CONNECTIONS} connections over {} paths in {elapsed:.1?}; server fds: {baseline} before, {after} after",
         Path::ALL.len()
@@ -316,7 +312,7 @@ async fn connections_ending_in_every_error_path_leak_nothing() {
         after <= baseline + 2,
         "the server holds {after} file descriptors after {LEAK_CONNECTIONS} connections, {baseline} before"
     );
-    let metrics = server.metrics().await;
+    let metrics = metrics(&server).await;
     let total = sum(&metrics, "palisade_connections_total{", "");
     assert!(total >= (LEAK_CONNECTIONS / 2) as f64, "upgrades counted: {total}\n{metrics}");
 }
@@ -538,12 +534,9 @@ fn reset(s: TcpStream) {
 }
 
 fn token(user_id: &str, ttl_secs: i64) -> String {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs();
     let mut claims = Claims::new(user_id);
-    claims.exp = Some(now.saturating_add_signed(ttl_secs));
-    let codec = TokenCodec::new(TokenConfig::new(Algorithm::Hs256, vec![Key::secret(SECRET)]))
-        .expect("codec");
-    codec.encode(&claims).expect("encode")
+    claims.exp = Some(now().saturating_add_signed(ttl_secs));
+    mint(Algorithm::Hs256, SECRET, &claims)
 }
 
 // ---- raw WebSocket client ----
@@ -586,22 +579,7 @@ async fn upgrade(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<TcpStream
 }
 
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    out
+    masked(opcode, true, payload)
 }
 
 async fn send_frame(s: &mut TcpStream, opcode: u8, payload: &[u8]) {
@@ -611,28 +589,7 @@ async fn send_frame(s: &mut TcpStream, opcode: u8, payload: &[u8]) {
 
 /// The next server frame: opcode and payload.
 async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let frame = async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.expect("frame header");
-        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                s.read_exact(&mut b).await.expect("length");
-                u64::from(u16::from_be_bytes(b))
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                s.read_exact(&mut b).await.expect("length");
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; usize::try_from(len).expect("length")];
-        s.read_exact(&mut payload).await.expect("payload");
-        (h[0] & 0x0f, payload)
-    };
-    timeout(STEP, frame).await.expect("no frame from the server in time")
+    crate::support::read_frame(s, STEP).await
 }
 
 async fn round_trip(s: &mut TcpStream, text: &str) {
@@ -683,136 +640,53 @@ async fn read_all(s: &mut TcpStream) -> Vec<u8> {
 
 // ---- the server process ----
 
-/// A running `palisade` process on loopback; killed on drop.
-struct Server {
-    child: Child,
-    echo: SocketAddr,
-    secure: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
+/// Starts the server with `overrides`, logging at `warn` (the clients here make much noise).
+fn start(overrides: &str) -> Server {
+    Server::builder().set("log.level", "\"warn\"").overrides(overrides).start()
 }
 
-impl Server {
-    /// Starts the server with test defaults plus `overrides` (lines of `section.key = value`).
-    fn start(overrides: &str) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut keys: BTreeMap<String, String> = BTreeMap::new();
-        let log_dir = format!("{:?}", dir.path().join("log").display().to_string());
-        for (k, v) in [
-            ("echo.listen", "\"127.0.0.1:0\""),
-            ("secure.listen", "\"127.0.0.1:0\""),
-            ("admin.listen", "\"127.0.0.1:0\""),
-            ("log.level", "\"warn\""),
-            ("log.dir", &log_dir),
-        ] {
-            keys.insert(k.to_owned(), v.to_owned());
-        }
-        for line in overrides.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (k, v) = line.split_once('=').expect("override: key = value");
-            keys.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        let config = dir.path().join("palisade.toml");
-        std::fs::write(&config, &text).expect("write config");
-        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--config")
-            .arg(&config)
-            .env("PALISADE_JWT_SECRET", SECRET)
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn palisade");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Keep draining after the addresses are read, so the server never blocks.
-                let _ = tx.send(line);
-            }
-        });
-        let mut addrs: BTreeMap<&str, SocketAddr> = BTreeMap::new();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while addrs.len() < 3 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let err =
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!("palisade did not print its addresses\nconfig:\n{text}\nstderr:\n{err}");
-            };
-            for name in ["echo", "secure", "admin"] {
-                let prefix = format!("palisade: {name} listening on ");
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    let rest = rest.trim_start_matches("ws://").trim_start_matches("http://");
-                    addrs.insert(name, rest.trim_end_matches('/').parse().expect("address"));
-                }
-            }
-        }
-        Server {
-            child,
-            echo: addrs["echo"],
-            secure: addrs["secure"],
-            admin: addrs["admin"],
-            _dir: dir,
-        }
-    }
-
-    /// The server's open file descriptors.
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .expect("read /proc/PID/fd")
-            .count()
-    }
-
-    /// Waits until the fd count stops changing (closed sockets are released asynchronously).
-    async fn wait_fds_settle(&self) -> usize {
-        let mut last = self.fds();
-        for _ in 0..40 {
-            sleep(Duration::from_millis(250)).await;
-            let now = self.fds();
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-        last
-    }
-
-    /// The Prometheus exposition from the admin listener.
-    async fn metrics(&self) -> String {
-        let mut s = connect(self.admin).await;
-        let req =
-            format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.admin);
-        s.write_all(req.as_bytes()).await.expect("write metrics request");
-        let raw = read_all(&mut s).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        assert!(text.starts_with("HTTP/1.1 200"), "metrics: {text}");
-        text
-    }
-
-    /// Waits (bounded) until `palisade_connections_open` is 0 on every endpoint.
-    async fn wait_connections_closed(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let metrics = self.metrics().await;
-            let open = sum(&metrics, "palisade_connections_open{", "");
-            if open == 0.0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{open} connections still open:\n{metrics}");
-            sleep(Duration::from_millis(100)).await;
-        }
-    }
+/// The server's open file descriptors.
+fn fds(server: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid())).expect("read /proc/PID/fd").count()
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Waits until the fd count stops changing (closed sockets are released asynchronously).
+async fn wait_fds_settle(server: &Server) -> usize {
+    let mut last = fds(server);
+    for _ in 0..40 {
+        sleep(Duration::from_millis(250)).await;
+        let now = fds(server);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// The Prometheus exposition from the admin listener.
+async fn metrics(server: &Server) -> String {
+    let mut s = connect(server.admin).await;
+    let req =
+        format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.admin);
+    s.write_all(req.as_bytes()).await.expect("write metrics request");
+    let raw = read_all(&mut s).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "metrics: {text}");
+    text
+}
+
+/// Waits (bounded) until `palisade_connections_open` is 0 on every endpoint.
+async fn wait_connections_closed(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = metrics(server).await;
+        let open = sum(&metrics, "palisade_connections_open{", "");
+        if open == 0.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} connections still open:\n{metrics}");
+        sleep(Duration::from_millis(100)).await;
     }
 }
 

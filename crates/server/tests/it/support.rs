@@ -2,14 +2,14 @@
 //! client, with raw TCP for malformed input, and with raw HTTP/1.1 for the admin API.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
+use palisade_testkit::Palisade;
 use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,142 +27,165 @@ pub(crate) const SECRET: &str = "integration-test-secret-that-is-long-enough-012
 /// A WebSocket client connection.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A running `palisade` process with its addresses and log folder; killed on drop.
+/// A running `palisade` process with its addresses and folder (configuration, console, `log/`);
+/// killed on drop. Started by [`Server::start`] or, for more than overrides, [`Server::builder`].
 pub(crate) struct Server {
-    child: Child,
+    process: Palisade,
     pub(crate) echo: SocketAddr,
     pub(crate) secure: SocketAddr,
     pub(crate) admin: SocketAddr,
     dir: tempfile::TempDir,
 }
 
+/// A server to start: the base test configuration (all three listeners on `127.0.0.1:0`,
+/// `auth.leeway_secs = 0`, `log.level = "info"`, `log.dir` in its folder) plus what is set here.
+pub(crate) struct Builder {
+    dir: tempfile::TempDir,
+    keys: BTreeMap<String, String>,
+    env: Vec<(OsString, OsString)>,
+    name: String,
+}
+
+impl Builder {
+    /// The server's folder, for files that go with its configuration.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `name` (parent folders included) in the server's folder; returns
+    /// its path.
+    pub(crate) fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create folder");
+        }
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        path
+    }
+
+    /// Sets the dotted key `key` (such as `cluster.node_id`) to the TOML value `value`.
+    pub(crate) fn set(mut self, key: &str, value: impl Into<String>) -> Builder {
+        self.keys.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Lines of TOML dotted keys such as `secure.auth_timeout_secs = 1`, which replace keys of
+    /// the same name.
+    pub(crate) fn overrides(mut self, lines: &str) -> Builder {
+        for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("override {line:?}: expected key = value"));
+            self.keys.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        self
+    }
+
+    /// An environment variable for the process (e.g. a service manager's `NOTIFY_SOCKET`).
+    pub(crate) fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Builder {
+        self.env.push((key.into(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// What failure messages call the server (`palisade` unless told, e.g. `node node-a`).
+    pub(crate) fn name(mut self, name: &str) -> Builder {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// Writes the configuration, starts the binary with the test secret in
+    /// `PALISADE_JWT_SECRET` (and no `PALISADE_REDIS_URL`), and waits (bounded) for its three
+    /// addresses.
+    pub(crate) fn start(self) -> Server {
+        let text: String = self.keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let config = self.dir.path().join("palisade.toml");
+        std::fs::write(&config, &text).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        cmd.env("PALISADE_JWT_SECRET", SECRET).env_remove("PALISADE_REDIS_URL").envs(self.env);
+        let console = self.dir.path().join("stderr.log");
+        let listeners = ["echo", "secure", "admin"];
+        let process = Palisade::start(cmd, &config, &console, &listeners, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{}: {e}\nconfig:\n{text}", self.name));
+        let addr = |name| process.addr(name).expect("waited for");
+        let (echo, secure, admin) = (addr("echo"), addr("secure"), addr("admin"));
+        Server { process, echo, secure, admin, dir: self.dir }
+    }
+}
+
 impl Server {
     /// Starts the server with the base test configuration plus `overrides`: lines of TOML dotted
     /// keys such as `secure.auth_timeout_secs = 1`, which replace base keys of the same name.
     pub(crate) fn start(overrides: &str) -> Server {
-        Server::start_with_env(overrides, &[])
+        Server::builder().overrides(overrides).start()
     }
 
     /// [`Server::start`] with extra environment variables (e.g. a service manager's
     /// `NOTIFY_SOCKET`).
-    pub(crate) fn start_with_env(overrides: &str, env: &[(&str, &std::ffi::OsStr)]) -> Server {
+    pub(crate) fn start_with_env(overrides: &str, env: &[(&str, &OsStr)]) -> Server {
+        env.iter().fold(Server::builder(), |b, (k, v)| b.env(k, v)).overrides(overrides).start()
+    }
+
+    /// A server to configure further (files, keys, environment) before [`Builder::start`].
+    pub(crate) fn builder() -> Builder {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut keys: BTreeMap<String, String> = BTreeMap::new();
-        let log_dir = toml_str(&dir.path().join("log").display().to_string());
-        for (k, v) in [
+        let log_dir = toml_path(&dir.path().join("log"));
+        let keys = [
             ("echo.listen", "\"127.0.0.1:0\"".to_owned()),
             ("secure.listen", "\"127.0.0.1:0\"".to_owned()),
             ("admin.listen", "\"127.0.0.1:0\"".to_owned()),
             ("auth.leeway_secs", "0".to_owned()),
             ("log.dir", log_dir),
             ("log.level", "\"info\"".to_owned()),
-        ] {
-            keys.insert(k.to_owned(), v);
-        }
-        for line in overrides.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (k, v) = line
-                .split_once('=')
-                .unwrap_or_else(|| panic!("override {line:?}: expected key = value"));
-            keys.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        let config = dir.path().join("palisade.toml");
-        std::fs::write(&config, &text).expect("write config");
+        ];
+        let keys = keys.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        Builder { dir, keys, env: Vec::new(), name: "palisade".to_owned() }
+    }
 
-        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--config")
-            .arg(&config)
-            .env("PALISADE_JWT_SECRET", SECRET)
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn palisade");
-
-        // Read stdout on a thread (and keep draining it) so a timeout can bound the wait.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Nobody listens any more; keep draining so the child never blocks.
-                }
-            }
-        });
-        let (mut echo, mut secure, mut admin) = (None, None, None);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while echo.is_none() || secure.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(line) => line,
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let err =
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                    panic!(
-                        "palisade did not print its addresses in time\nconfig:\n{text}\nstderr:\n{err}"
-                    );
-                }
-            };
-            let addr_after = |prefix: &str| -> Option<SocketAddr> {
-                let rest = line.strip_prefix(prefix)?;
-                let rest = ["ws://", "wss://", "http://", "https://"]
-                    .iter()
-                    .fold(rest, |r, scheme| r.strip_prefix(scheme).unwrap_or(r));
-                Some(rest.trim_end_matches('/').parse().expect("listening address"))
-            };
-            if let Some(a) = addr_after("palisade: echo listening on ") {
-                echo = Some(a);
-            } else if let Some(a) = addr_after("palisade: secure listening on ") {
-                secure = Some(a);
-            } else if let Some(a) = addr_after("palisade: admin listening on ") {
-                admin = Some(a);
-            }
-        }
-        Server {
-            child,
-            echo: echo.expect("echo address"),
-            secure: secure.expect("secure address"),
-            admin: admin.expect("admin address"),
-            dir,
-        }
+    /// The server's folder (configuration, console, `log/`).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The configuration file the server was started with (tests rewrite it to reload).
-    pub(crate) fn config_path(&self) -> std::path::PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("palisade.toml")
     }
 
     /// The process id, for signals.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Sends SIGTERM to the process.
+    #[track_caller]
     pub(crate) fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
+        self.process.terminate().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit (status 0).
+    #[track_caller]
+    pub(crate) fn stop(&mut self) {
+        self.terminate();
+        let status = self.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "exit status after SIGTERM: {status}");
+    }
+
+    /// SIGKILL: no chance to clean up (e.g. its Redis entries).
+    pub(crate) fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// True once the process has exited (and is reaped: a zombie still answers `kill -0`).
     pub(crate) fn exited(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_some()
+        self.process.child.try_wait().expect("try_wait").is_some()
     }
 
     /// Waits (bounded) for the process to exit.
+    #[track_caller]
     pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.process.child.try_wait().expect("try_wait") {
                 return status;
             }
             assert!(Instant::now() < deadline, "palisade did not exit within {limit:?}");
@@ -170,15 +193,19 @@ impl Server {
         }
     }
 
+    /// The error log file, `log/websocket_errors.log`.
+    pub(crate) fn error_log_path(&self) -> PathBuf {
+        self.dir.path().join("log").join("websocket_errors.log")
+    }
+
     /// The error log (`websocket_errors.log`) as it is now.
     pub(crate) fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log").join("websocket_errors.log"))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.error_log_path()).unwrap_or_default()
     }
 
     /// The console output (stderr) as it is now.
     pub(crate) fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.console()
     }
 
     /// Waits (bounded) for an error-log line whose JSON fields match all of `fields`, and returns
@@ -223,11 +250,9 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `path` as a TOML string.
+pub(crate) fn toml_path(path: &Path) -> String {
+    toml_str(&path.display().to_string())
 }
 
 fn field_is(v: &serde_json::Value, key: &str, want: &str) -> bool {
@@ -238,7 +263,8 @@ fn field_is(v: &serde_json::Value, key: &str, want: &str) -> bool {
     }
 }
 
-fn toml_str(s: &str) -> String {
+/// `s` as a TOML string (quoted and escaped), e.g. a path in an override.
+pub(crate) fn toml_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
@@ -265,6 +291,18 @@ pub(crate) async fn connect_with(
     addr: SocketAddr,
     headers: &[(&str, &str)],
 ) -> Result<Ws, tungstenite::Error> {
+    let req = ws_request(addr, headers)?;
+    match timeout(STEP, tokio_tungstenite::connect_async(req)).await {
+        Ok(r) => r.map(|(ws, _)| ws),
+        Err(_) => panic!("websocket handshake with {addr} timed out"),
+    }
+}
+
+/// A WebSocket upgrade request for `ws://ADDR/` with extra headers.
+fn ws_request(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<http::Request<()>, tungstenite::Error> {
     let mut req = format!("ws://{addr}/").into_client_request()?;
     for (k, v) in headers {
         req.headers_mut().insert(
@@ -272,10 +310,7 @@ pub(crate) async fn connect_with(
             http::HeaderValue::from_str(v).expect("header value"),
         );
     }
-    match timeout(STEP, tokio_tungstenite::connect_async(req)).await {
-        Ok(r) => r.map(|(ws, _)| ws),
-        Err(_) => panic!("websocket handshake with {addr} timed out"),
-    }
+    Ok(req)
 }
 
 /// Expects the handshake to be refused with this HTTP status.
@@ -391,7 +426,7 @@ pub(crate) async fn raw_upgrade(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads an HTTP response head byte by byte (so no frame bytes are consumed).
-async fn read_head(s: &mut TcpStream) -> String {
+pub(crate) async fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -445,29 +480,37 @@ pub(crate) fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     frame(fin, 0, opcode, Some([0x12, 0x34, 0x56, 0x78]), payload)
 }
 
+/// The next server frame, within `limit`: its opcode and payload.
+pub(crate) async fn read_frame(s: &mut TcpStream, limit: Duration) -> (u8, Vec<u8>) {
+    let frame = async {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.expect("server frame header");
+        assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b).await.expect("len16");
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                s.read_exact(&mut b).await.expect("len64");
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; usize::try_from(len).expect("frame length")];
+        s.read_exact(&mut payload).await.expect("server frame payload");
+        (h[0] & 0x0f, payload)
+    };
+    timeout(limit, frame).await.expect("no frame from the server in time")
+}
+
 /// Reads server frames until a close frame; returns its code.
 pub(crate) async fn read_close_code(s: &mut TcpStream) -> u16 {
     timeout(STEP, async {
         loop {
-            let mut h = [0u8; 2];
-            s.read_exact(&mut h).await.expect("server frame header");
-            let opcode = h[0] & 0x0f;
-            assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    s.read_exact(&mut b).await.expect("len16");
-                    u64::from(u16::from_be_bytes(b))
-                }
-                127 => {
-                    let mut b = [0u8; 8];
-                    s.read_exact(&mut b).await.expect("len64");
-                    u64::from_be_bytes(b)
-                }
-                n => u64::from(n),
-            };
-            let mut payload = vec![0u8; usize::try_from(len).expect("frame length")];
-            s.read_exact(&mut payload).await.expect("server frame payload");
+            let (opcode, payload) = read_frame(s, STEP).await;
             if opcode == 0x8 {
                 assert!(payload.len() >= 2, "close frame without a code");
                 return u16::from_be_bytes([payload[0], payload[1]]);
@@ -480,7 +523,12 @@ pub(crate) async fn read_close_code(s: &mut TcpStream) -> u16 {
 
 /// Expects the server to close the socket without answering anything.
 pub(crate) async fn expect_dropped(addr: SocketAddr) {
-    let Ok(mut s) = TcpStream::connect(addr).await else { return };
+    let Ok(s) = TcpStream::connect(addr).await else { return };
+    expect_no_answer(s, "the connection").await;
+}
+
+/// Sends an upgrade request on `s` and expects the server to close it without an answer.
+async fn expect_no_answer(mut s: TcpStream, what: &str) {
     let _ = s
         .write_all(
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
@@ -489,10 +537,9 @@ pub(crate) async fn expect_dropped(addr: SocketAddr) {
     let mut buf = [0u8; 256];
     match timeout(STEP, s.read(&mut buf)).await.expect("the server neither answered nor closed") {
         Ok(0) | Err(_) => {}
-        Ok(n) => panic!(
-            "expected the connection to be dropped, got {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        ),
+        Ok(n) => {
+            panic!("expected {what} to be dropped, got {:?}", String::from_utf8_lossy(&buf[..n]))
+        }
     }
 }
 
@@ -504,6 +551,14 @@ pub(crate) struct HttpResponse {
     pub(crate) status: u16,
     pub(crate) head: String,
     pub(crate) body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    #[track_caller]
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not json ({e}): {}", self.body))
+    }
 }
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
@@ -593,13 +648,7 @@ pub(crate) async fn connect_from_with(
     addr: SocketAddr,
     headers: &[(&str, &str)],
 ) -> Result<Ws, tungstenite::Error> {
-    let mut req = format!("ws://{addr}/").into_client_request()?;
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-            http::HeaderValue::from_str(v).expect("header value"),
-        );
-    }
+    let req = ws_request(addr, headers)?;
     let stream = tcp_from(from, addr).await?;
     match timeout(STEP, tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))).await {
         Ok(r) => r.map(|(ws, _)| ws),
@@ -636,20 +685,8 @@ pub(crate) async fn expect_http_refusal_from(
 
 /// Expects the server to close a connection from `from` without answering anything.
 pub(crate) async fn expect_dropped_from(from: std::net::Ipv4Addr, addr: SocketAddr) {
-    let Ok(mut s) = tcp_from(from, addr).await else { return };
-    let _ = s
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        )
-        .await;
-    let mut buf = [0u8; 256];
-    match timeout(STEP, s.read(&mut buf)).await.expect("the server neither answered nor closed") {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!(
-            "expected the connection from {from} to be dropped, got {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        ),
-    }
+    let Ok(s) = tcp_from(from, addr).await else { return };
+    expect_no_answer(s, &format!("the connection from {from}")).await;
 }
 
 /// A fresh connection from `from` to `addr` (an echo listener) gets its echo.

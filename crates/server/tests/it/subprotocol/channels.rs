@@ -2,27 +2,17 @@
 //! from the token, public channels, revocation at refresh, history and recovery, epochs across
 //! restarts, presence, fan-out to many subscribers, typed refusals and the admin API.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
+use palisade_token::{Algorithm, Claims};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{
-    self, Frame, SECRET, STEP, Server, Ws, connect_v1, expect_type, next_within, now, round_trip,
-    send, send_raw,
+use super::bounded;
+use super::v1::{
+    self, Frame, connect_v1, expect_type, http, next_within, round_trip, send, send_raw,
 };
-
-/// Bounds a whole test.
-async fn bounded<F: Future<Output = ()>>(limit_secs: u64, test: F) {
-    timeout(Duration::from_secs(limit_secs), test)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {limit_secs} s"));
-}
+use crate::support::{SECRET, STEP, Server, Ws, mint, now};
 
 /// A token for `user_id` with `grants` as its `channels` claim (none when null).
 fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
@@ -32,9 +22,7 @@ fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
     if !grants.is_null() {
         claims.extra.insert("channels".into(), grants.clone());
     }
-    let codec = TokenCodec::new(TokenConfig::new(Algorithm::Hs256, vec![Key::secret(SECRET)]))
-        .expect("codec");
-    codec.encode(&claims).expect("encode")
+    mint(Algorithm::Hs256, SECRET, &claims)
 }
 
 /// Connects and authenticates as `user_id` with these grants.
@@ -89,24 +77,6 @@ async fn publication(ws: &mut Ws, channel: &str) -> Value {
 /// Proves nothing else is queued for `ws`: an echo round trip comes back first.
 async fn nothing_pending(ws: &mut Ws) {
     assert_eq!(round_trip(ws, json!(0)).await, json!("Server received: 0"));
-}
-
-/// One HTTP/1.1 request with a body; returns the status and body.
-async fn http_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s =
-        timeout(STEP, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let mut raw = Vec::new();
-    timeout(STEP, s.read_to_end(&mut raw)).await.expect("response in time").expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test]
@@ -168,7 +138,7 @@ async fn grants_with_wildcards_and_user_id_decide_and_refusals_keep_the_connecti
             .await;
         nothing_pending(&mut ws).await;
         nothing_pending(&mut none).await;
-        let (status, metrics) = support::http(server.admin, "GET", "/metrics").await;
+        let (status, metrics) = http(server.admin, "GET", "/metrics", "").await;
         assert_eq!(status, 200);
         assert!(metrics.contains("palisade_channel_denials_total{reason=\"permission_denied\"} 8"), "{metrics}");
         assert!(metrics.contains("palisade_channel_subscriptions_total 3"), "{metrics}");
@@ -194,7 +164,7 @@ async fn public_channels_and_admin_publish_reach_subscribers() {
         )
         .await;
         let (status, body) =
-            http_body(server.admin, "POST", "/channels/news/publish", r#"{"headline":"up"}"#).await;
+            http(server.admin, "POST", "/channels/news/publish", r#"{"headline":"up"}"#).await;
         assert_eq!(status, 200, "{body}");
         let answer: Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!((answer["offset"].as_u64(), answer["delivered"].as_u64()), (Some(1), Some(2)));
@@ -203,7 +173,7 @@ async fn public_channels_and_admin_publish_reach_subscribers() {
             assert_eq!(p["data"], json!({"headline": "up"}));
             assert!(p.get("info").is_none(), "server-side publications name no publisher: {p}");
         }
-        let (status, body) = support::http(server.admin, "GET", "/channels").await;
+        let (status, body) = http(server.admin, "GET", "/channels", "").await;
         assert_eq!(status, 200);
         let list: Value = serde_json::from_str(&body).expect("JSON");
         let rows = list.as_array().expect("array");
@@ -213,17 +183,16 @@ async fn public_channels_and_admin_publish_reach_subscribers() {
             (&rows[1]["channel"], &rows[1]["subscribers"]),
             (&json!("status:eu"), &json!(1))
         );
-        let (status, body) = support::http(server.admin, "GET", "/channels/news/presence").await;
+        let (status, body) = http(server.admin, "GET", "/channels/news/presence", "").await;
         assert_eq!(status, 200);
         let presence: Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(
             presence["users"],
             json!([{"user_id": "a", "sessions": 1}, {"user_id": "b", "sessions": 1}])
         );
-        let (status, _) =
-            http_body(server.admin, "POST", "/channels/news/publish", "{not json").await;
+        let (status, _) = http(server.admin, "POST", "/channels/news/publish", "{not json").await;
         assert_eq!(status, 400);
-        let (status, _) = http_body(server.admin, "POST", "/channels/a%20b/publish", "1").await;
+        let (status, _) = http(server.admin, "POST", "/channels/a%20b/publish", "1").await;
         assert_eq!(status, 400);
     })
     .await;
@@ -246,7 +215,7 @@ async fn a_grant_removed_by_refresh_ends_the_subscription() {
         );
         for channel in ["chat:a", "chat:b"] {
             let path = format!("/channels/{channel}/publish");
-            let (status, _) = http_body(server.admin, "POST", &path, "\"ping\"").await;
+            let (status, _) = http(server.admin, "POST", &path, "\"ping\"").await;
             assert_eq!(status, 200);
         }
         let p = publication(&mut ws, "chat:b").await;
@@ -315,7 +284,7 @@ async fn recovery_after_a_reconnect_with_and_without_a_gap() {
         assert_eq!(h["epoch"], json!(epoch));
         let req = json!({"type": "history", "channel": "chat:r", "id": 12, "limit": 1});
         assert_eq!(ask(&mut reader, req, "history").await["publications"][0]["offset"], 10);
-        let (_, metrics) = support::http(server.admin, "GET", "/metrics").await;
+        let (_, metrics) = http(server.admin, "GET", "/metrics", "").await;
         assert!(metrics.contains("palisade_channel_recoveries_total{outcome=\"recovered\"} 2"), "{metrics}");
         assert!(metrics.contains("palisade_channel_recoveries_total{outcome=\"not_recovered\"} 2"), "{metrics}");
     })
@@ -490,7 +459,7 @@ async fn bad_channel_envelopes_get_typed_errors_and_the_connection_stays() {
         // Before authentication a channel envelope is refused like any other.
         let mut anon = connect_v1(&server, &[]).await;
         send(&mut anon, &json!({"type": "subscribe", "channel": "one", "id": 1})).await;
-        support::expect_error_then_close(
+        v1::expect_error_then_close(
             &mut anon,
             "not_authenticated",
             1008,

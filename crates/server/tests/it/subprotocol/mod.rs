@@ -3,12 +3,9 @@
 //! warnings, refresh and its refusals, bad envelopes, the error envelope before every close, and
 //! the browser client of docs/subprotocol.md run in Node's standard `WebSocket`.
 
-#[path = "subprotocol/channels.rs"]
 mod channels;
-#[path = "subprotocol/node.rs"]
 mod node;
-#[path = "subprotocol/support.rs"]
-mod support;
+mod v1;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,10 +15,11 @@ use serde_json::{Value, json};
 use tokio::time::{interval, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{
-    Frame, Server, authenticated, authenticated_at, connect_v1, expect_close, expect_error,
-    expect_error_then_close, expect_type, frame_of, http, next_within, now, now_f64, round_trip,
-    send, send_raw, token, token_at, token_with, upgrade_head,
+use crate::support::{self, Server, now};
+use v1::{
+    Frame, authenticated, authenticated_at, connect_v1, expect_close, expect_error,
+    expect_error_then_close, expect_type, frame_of, http, next_within, now_f64, round_trip, send,
+    send_raw, token, token_at, token_with, upgrade_head,
 };
 
 /// Bounds a whole test.
@@ -84,7 +82,7 @@ async fn auth_by_envelope_then_messages_get_message_envelopes() {
         assert_eq!(round_trip(&mut ws, json!("hi")).await, json!("Server received: \"hi\""));
         assert_eq!(round_trip(&mut ws, json!({"n": 1})).await, json!("Server received: {\"n\":1}"));
         // The session is the one the admin API lists.
-        let (status, body) = http(server.admin, "GET", "/sessions").await;
+        let (status, body) = http(server.admin, "GET", "/sessions", "").await;
         assert_eq!(status, 200);
         assert!(body.contains(env["session_id"].as_str().unwrap_or("?")), "{body}");
     })
@@ -239,7 +237,7 @@ async fn refresh_keeps_the_session_past_the_first_exp_with_no_message_lost() {
                         Some("expiring") => {
                             expiring += 1;
                             let refresh = json!({"type": "refresh", "token": token("42", 60)});
-                            support::assert_schema("client", &refresh);
+                            v1::assert_schema("client", &refresh);
                             sink.send(Message::text(refresh.to_string())).await.expect("send");
                         }
                         Some("refreshed") => refreshed = Some(v["exp"].clone()),
@@ -323,7 +321,7 @@ async fn a_refresh_past_max_session_secs_closes_with_session_too_long() {
         send(&mut ws, &json!({"type": "refresh", "token": token_at("42", exp)})).await;
         assert_eq!(expect_type(&mut ws, "refreshed").await["exp"], exp);
         // The admin API lists the new expiry.
-        let (_, body) = http(server.admin, "GET", "/sessions").await;
+        let (_, body) = http(server.admin, "GET", "/sessions", "").await;
         let sessions: Value = serde_json::from_str(&body).expect("session list is JSON");
         assert_eq!(sessions[0]["expires"], exp, "{body}");
         // Past it: refused, and the session closes.
@@ -417,7 +415,7 @@ async fn every_close_from_the_server_is_preceded_by_an_error_envelope() {
         // Revocation through the admin API.
         let (mut ws, env) = authenticated_at(&server, "3", now() + 600).await;
         let id = env["session_id"].as_str().expect("session_id").to_owned();
-        let (status, _) = http(server.admin, "DELETE", &format!("/sessions/{id}")).await;
+        let (status, _) = http(server.admin, "DELETE", &format!("/sessions/{id}"), "").await;
         assert!((200..300).contains(&status), "revoke answered {status}");
         let v = expect_type(&mut ws, "error").await;
         assert_eq!((&v["reason"], &v["reconnect"]), (&json!("revoked"), &json!("never")));
@@ -459,7 +457,7 @@ async fn pushes_to_a_v1_session_are_wrapped_and_plain_sessions_get_them_raw() {
                 format!("ws://{addr}/"),
             )
             .expect("request");
-        req.headers_mut().insert("sec-websocket-protocol", support::V1.parse().expect("value"));
+        req.headers_mut().insert("sec-websocket-protocol", v1::V1.parse().expect("value"));
         let mut v1 = tokio_tungstenite::connect_async(req).await.expect("connect").0;
         send(&mut v1, &json!({"type": "auth", "token": token("9", 600)})).await;
         expect_type(&mut v1, "authenticated").await;

@@ -1,140 +1,23 @@
-//! Helpers for the `palisade.v1` tests: run the real `palisade` binary on loopback, mint tokens,
-//! and speak envelopes with a WebSocket client, checking each against docs/palisade.v1.schema.json.
+//! Helpers for the `palisade.v1` tests: mint tokens, and speak envelopes with a WebSocket
+//! client, checking each against docs/palisade.v1.schema.json. The server is `support::Server`.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use palisade_token::{Algorithm, Claims, Key, TokenCodec, TokenConfig};
+use palisade_token::{Algorithm, Claims};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long any single client read or step may take before the test fails.
-pub(crate) const STEP: Duration = Duration::from_secs(5);
-
-/// The HS256 secret every test server uses.
-pub(crate) const SECRET: &str = "subprotocol-test-secret-that-is-long-enough-0123456789";
+use crate::support::{self, SECRET, STEP, Server, Ws, mint, now, read_head};
 
 /// The subprotocol's name.
 pub(crate) const V1: &str = "palisade.v1";
-
-/// A WebSocket client connection.
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A running `palisade` process; killed on drop.
-pub(crate) struct Server {
-    child: Child,
-    pub(crate) secure: SocketAddr,
-    pub(crate) admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    /// Starts the binary with a base test configuration plus `overrides`: lines of TOML dotted
-    /// keys such as `auth.expiry_warning_secs = 2`, which replace base keys of the same name.
-    pub(crate) fn start(overrides: &str) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut keys: BTreeMap<String, String> = BTreeMap::new();
-        let log_dir = Value::String(dir.path().join("log").display().to_string()).to_string();
-        for (k, v) in [
-            ("echo.listen", "\"127.0.0.1:0\""),
-            ("secure.listen", "\"127.0.0.1:0\""),
-            ("admin.listen", "\"127.0.0.1:0\""),
-            ("auth.leeway_secs", "0"),
-            ("log.dir", &log_dir),
-            ("log.level", "\"info\""),
-        ] {
-            keys.insert(k.to_owned(), v.to_owned());
-        }
-        for line in overrides.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (k, v) = line.split_once('=').expect("override: key = value");
-            keys.insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        let config = dir.path().join("palisade.toml");
-        std::fs::write(&config, &text).expect("write config");
-        let stderr = File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--config")
-            .arg(&config)
-            .env("PALISADE_JWT_SECRET", SECRET)
-            .env_remove("PALISADE_LOG_LEVEL")
-            .env_remove("PALISADE_LOG_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn palisade");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Keep draining after the test stops listening, so the child never blocks.
-                let _ = tx.send(line);
-            }
-        });
-        let (mut secure, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while secure.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let err =
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!(
-                    "palisade did not print its addresses in time\nconfig:\n{text}\nstderr:\n{err}"
-                );
-            };
-            let addr = |prefix: &str| -> Option<SocketAddr> {
-                let rest = line.strip_prefix(prefix)?;
-                let rest = rest.trim_start_matches("ws://").trim_start_matches("http://");
-                Some(rest.trim_end_matches('/').parse().expect("listening address"))
-            };
-            if let Some(a) = addr("palisade: secure listening on ") {
-                secure = Some(a);
-            } else if let Some(a) = addr("palisade: admin listening on ") {
-                admin = Some(a);
-            }
-        }
-        Server {
-            child,
-            secure: secure.expect("secure address"),
-            admin: admin.expect("admin address"),
-            _dir: dir,
-        }
-    }
-
-    /// Sends SIGTERM to the process.
-    pub(crate) fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
-}
 
 /// Seconds since the Unix epoch, with fractions.
 pub(crate) fn now_f64() -> f64 {
@@ -146,9 +29,7 @@ pub(crate) fn token_with(secret: &str, user_id: &str, exp: u64) -> String {
     let mut claims = Claims::new(user_id);
     claims.exp = Some(exp);
     claims.iat = Some(now().min(exp));
-    let codec = TokenCodec::new(TokenConfig::new(Algorithm::Hs256, vec![Key::secret(secret)]))
-        .expect("codec");
-    codec.encode(&claims).expect("encode")
+    mint(Algorithm::Hs256, secret, &claims)
 }
 
 /// A token for `user_id` that the test server accepts, expiring at `exp` (Unix seconds).
@@ -324,7 +205,7 @@ pub(crate) async fn round_trip(ws: &mut Ws, data: Value) -> Value {
 
 // ---- raw HTTP ----
 
-/// Sends an upgrade request with `extra` header lines and returns the response head.
+/// Sends an upgrade request with `extra` header lines and returns the response head, lowercase.
 pub(crate) async fn upgrade_head(addr: SocketAddr, extra: &str) -> String {
     let mut s =
         timeout(STEP, TcpStream::connect(addr)).await.expect("connect timed out").expect("connect");
@@ -333,26 +214,11 @@ pub(crate) async fn upgrade_head(addr: SocketAddr, extra: &str) -> String {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("write upgrade");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = timeout(STEP, s.read(&mut byte)).await.expect("head timed out").expect("read head");
-        assert_eq!(n, 1, "connection closed during the response head");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).expect("ascii head").to_ascii_lowercase()
+    read_head(&mut s).await.to_ascii_lowercase()
 }
 
-/// Sends one HTTP/1.1 request and returns the status code and body.
-pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s =
-        timeout(STEP, TcpStream::connect(addr)).await.expect("connect timed out").expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    let mut raw = Vec::new();
-    timeout(STEP, s.read_to_end(&mut raw)).await.expect("response timed out").expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+/// Sends one HTTP/1.1 request (with a JSON `body` unless empty); returns the status and body.
+pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let resp = support::http(addr, method, path, &[], body).await;
+    (resp.status, resp.body)
 }
