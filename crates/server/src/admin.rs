@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, Audit};
 use crate::sessions::SessionRegistry;
 
+mod cluster_api;
+
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) sessions: SessionRegistry,
@@ -99,25 +101,32 @@ fn router(state: AdminState) -> Router {
         .route("/users/{user_id}/sessions", delete(revoke_user))
         .route("/bans", get(list_bans).post(add_ban))
         .route("/bans/{ip}", delete(lift_ban))
-        .route("/publish", post(crate::cluster::publish))
-        .route(
-            "/revocations",
-            get(crate::cluster::list_revocations).post(crate::cluster::add_revocation),
-        )
-        .route("/cluster", get(crate::cluster::status))
+        .route("/publish", post(cluster_api::publish))
+        .route("/revocations", get(cluster_api::list_revocations).post(cluster_api::add_revocation))
+        .route("/cluster", get(cluster_api::status))
         .route("/issuers", get(crate::issuers::list))
         .route("/issuers/refresh", post(crate::issuers::refresh))
         .route("/reload", post(crate::reload::admin_reload))
         .route("/upgrade", post(crate::upgrade::admin_upgrade))
-        .merge(crate::dashboard::feed_routes())
-        .merge(crate::channels::admin::routes())
+        .route("/dashboard/feed", get(crate::dashboard::feed).layer(crate::dashboard::feed_slots()))
+        .route("/channels", get(crate::channels::admin::list))
+        .route("/channels/{channel}/publish", post(crate::channels::admin::publish))
+        .route("/channels/{channel}/presence", get(crate::channels::admin::presence))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .merge(crate::dashboard::page_routes())
-        .merge(crate::examples::routes())
+        // Public: pages and assets that hold no data.
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/app.js", get(crate::dashboard::script))
+        .route("/dashboard/app.css", get(crate::dashboard::style))
+        .route("/dashboard/favicon.svg", get(crate::dashboard::icon))
+        .route("/examples/chat", get(crate::examples::chat_page))
+        .route("/examples/chat.js", get(crate::examples::chat_script))
+        .route("/examples/chat.css", get(crate::examples::chat_style))
+        .route("/examples/palisade-client/index.js", get(crate::examples::client))
+        .route("/examples/palisade-client/backoff.js", get(crate::examples::client_backoff))
         .merge(protected)
         .with_state(state)
 }
@@ -128,7 +137,7 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
+            .and_then(crate::http_auth::bearer_token)
             .unwrap_or("");
         // Compare digests so neither the length nor the content leaks through timing.
         let ok = palisade_digest::sha256(given.as_bytes())
@@ -146,12 +155,6 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
     next.run(req).await
 }
 
-/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive.
-pub(crate) fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// Ready while serving; 503 once a shutdown has begun, for its whole drain (the admin API
 /// answers until the connections are gone). After an upgrade the node stays ready: the
 /// successor serves on the same sockets and answers this on the admin socket, and this process
@@ -162,8 +165,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     } else if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
-        format!("ready\n{}", crate::cluster::readiness(state.cluster.state.as_ref()))
-            .into_response()
+        format!("ready\n{}", cluster_api::readiness(state.cluster.state.as_ref())).into_response()
     }
 }
 
@@ -173,7 +175,7 @@ async fn posture(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let mut body = state.metrics.encode();
-    crate::cluster::append_metrics(&mut body, state.cluster.state.as_ref());
+    cluster_api::append_metrics(&mut body, state.cluster.state.as_ref());
     crate::issuers::append_metrics(&mut body, state.issuers.as_ref());
     state.reloader.append_metrics(&mut body);
     crate::channels::append_metrics(&mut body, &state.channels);
@@ -186,7 +188,7 @@ async fn stats(State(state): State<AdminState>) -> Response {
 }
 
 async fn list_sessions(State(state): State<AdminState>) -> Response {
-    crate::cluster::list_sessions(&state).await
+    cluster_api::list_sessions(&state).await
 }
 
 async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
@@ -197,14 +199,14 @@ async fn revoke_session(State(state): State<AdminState>, Path(id): Path<String>)
             state.audit.record(|| audit::revoked(Some(id.as_str()), None, 1));
             (StatusCode::OK, Json(Revoked { revoked: 1 })).into_response()
         }
-        _ => crate::cluster::revoke_remote_session(&state, &id).await,
+        _ => cluster_api::revoke_remote_session(&state, &id).await,
     }
 }
 
 async fn revoke_user(State(state): State<AdminState>, Path(user_id): Path<String>) -> Response {
     let n = state.sessions.revoke_user(&user_id);
     state.audit.record(|| audit::revoked(None, Some(&user_id), n));
-    crate::cluster::revoke_user(&state, &user_id, n).await
+    cluster_api::revoke_user(&state, &user_id, n).await
 }
 
 #[derive(Serialize)]
@@ -272,4 +274,15 @@ async fn lift_ban(State(state): State<AdminState>, Path(ip): Path<String>) -> Re
     } else {
         (StatusCode::NOT_FOUND, "no ban for that address\n").into_response()
     }
+}
+
+/// Appends another OpenMetrics exposition (ending in `# EOF`) to `body`, keeping one `# EOF`.
+pub(crate) fn append_exposition(body: &mut String, extra: &str) {
+    if extra.is_empty() {
+        return;
+    }
+    if let Some(len) = body.strip_suffix("# EOF\n").map(str::len) {
+        body.truncate(len);
+    }
+    body.push_str(extra);
 }

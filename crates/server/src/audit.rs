@@ -22,7 +22,6 @@ use serde_json::Value;
 use crate::admin::AdminState;
 use crate::app::Peer;
 use crate::config::AuditSection;
-use crate::endpoints;
 use crate::sessions::SessionInfo;
 
 /// The message of the error-log line that carries the chain head.
@@ -68,14 +67,6 @@ impl Audit {
             let head = log.close();
             log_head(head, log.path(), "shutdown");
         }
-    }
-}
-
-impl<H> endpoints::State<H> {
-    /// The same state, recording to `audit`.
-    pub(crate) fn with_audit(mut self, audit: Audit) -> Self {
-        self.audit = audit;
-        self
     }
 }
 
@@ -175,7 +166,7 @@ pub(crate) async fn admin_calls(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::admin::bearer_token)
+        .and_then(crate::http_auth::bearer_token)
         .filter(|t| !t.is_empty())
         .map(Fingerprint::of);
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());

@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use palisade_transport::{Close, close_code};
+use palisade_jwks::VerifyError;
+use palisade_transport::{Close, ConnError, close_code};
 
 /// What a client should do after a close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +230,24 @@ impl CloseCause {
         Close::new(self.code(), self.reason())
     }
 
+    /// The cause of a connection failure the transport classified (its close, when it could
+    /// send one, is `error.close()`, whose cause this is).
+    pub(crate) fn of_error(error: &ConnError) -> CloseCause {
+        match error {
+            ConnError::PeerVanished | ConnError::Io(_) => CloseCause::InternalError,
+            ConnError::Protocol(_) => CloseCause::ProtocolError,
+            ConnError::InvalidUtf8 => CloseCause::InvalidUtf8,
+            ConnError::MessageTooBig(_) => CloseCause::MessageTooBig,
+            ConnError::IdleTimeout => CloseCause::IdleTimeout,
+            ConnError::SlowConsumer(_) => CloseCause::SlowConsumer,
+        }
+    }
+
+    /// The cause for a refused token: expired, or invalid for any other reason.
+    pub(crate) fn of_token_error(error: &VerifyError) -> CloseCause {
+        if error.is_expired() { CloseCause::TokenExpired } else { CloseCause::InvalidToken }
+    }
+
     /// The cause of a close decided anywhere (transport, registry, firewall, application): the
     /// row whose code and reason match, else the row for the code with any reason.
     pub(crate) fn of(close: &Close) -> CloseCause {
@@ -311,6 +330,26 @@ mod tests {
             CloseCause::ShuttingDown.close(),
             Close::new(close_code::GOING_AWAY, "server shutting down")
         );
+    }
+
+    #[test]
+    fn transport_errors_map_to_the_cause_of_their_close() {
+        use palisade_transport::SlowConsumer;
+        let errors = [
+            ConnError::PeerVanished,
+            ConnError::Io(std::io::Error::other("x")),
+            ConnError::Protocol("x".into()),
+            ConnError::InvalidUtf8,
+            ConnError::MessageTooBig("x".into()),
+            ConnError::IdleTimeout,
+            ConnError::SlowConsumer(SlowConsumer::QueueFull),
+            ConnError::SlowConsumer(SlowConsumer::WriteTimedOut),
+        ];
+        for error in errors {
+            let cause = CloseCause::of_error(&error);
+            assert_eq!(CloseCause::of(&error.close()), cause, "{error}");
+            assert_eq!(error.close().code, cause.code(), "{error}");
+        }
     }
 
     #[test]

@@ -57,6 +57,48 @@ pub struct ClusterSection {
     pub heartbeat_secs: u64,
 }
 
+impl ClusterSection {
+    /// Checks `[cluster]` without connecting.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if self.redis_url.is_some() {
+            let node_id = self.node_id.clone().unwrap_or_else(|| "check".into());
+            self.redis_config(node_id).validate().map_err(|e| {
+                anyhow::anyhow!("{}", cluster_key_error(&e)).context(format!("[cluster]: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The Redis settings of this section, for the node `node_id`.
+    pub(crate) fn redis_config(
+        &self,
+        node_id: String,
+    ) -> palisade_cluster::redis_state::RedisConfig {
+        palisade_cluster::redis_state::RedisConfig {
+            url: self.redis_url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+            node_id,
+            key_prefix: self.key_prefix.clone(),
+            command_timeout: Duration::from_millis(self.command_timeout_ms),
+            heartbeat: Duration::from_secs(self.heartbeat_secs),
+        }
+    }
+}
+
+/// The key and expectation for a `[cluster]` value the Redis client refuses.
+fn cluster_key_error(e: &palisade_cluster::redis_state::StartError) -> &'static str {
+    use palisade_cluster::redis_state::StartError as E;
+    match e {
+        E::InvalidUrl(_) => {
+            "cluster.redis_url: expected redis://host:6379/0 or rediss://host:6380/0 \
+             (or set PALISADE_REDIS_URL)"
+        }
+        E::InvalidNodeId(_) => "cluster.node_id: use letters, digits, '.', '_' and '-'",
+        E::InvalidKeyPrefix(_) => "cluster.key_prefix: at most 64 characters, no spaces",
+        E::InvalidTimeout => "cluster.command_timeout_ms: between 1 and 60000",
+        E::InvalidHeartbeat => "cluster.heartbeat_secs: between 1 and 3600",
+    }
+}
+
 impl Default for ClusterSection {
     fn default() -> ClusterSection {
         ClusterSection {
@@ -513,7 +555,7 @@ impl Config {
         }
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
         crate::channels::validate(&self.channels)?;
-        crate::cluster::validate(&self.cluster)?;
+        self.cluster.validate()?;
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {
                 bail!("tls.cert_file is set but tls.key_file is not: set both, or neither")

@@ -15,12 +15,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Router};
 use futures_util::stream::{self, Stream};
 use palisade_metrics::MetricsSnapshot;
 use serde::Serialize;
@@ -54,28 +53,37 @@ const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
 const ICON: &str = include_str!("../assets/favicon.svg");
 
-/// The public routes: the page and its static assets.
-pub(crate) fn page_routes() -> Router<AdminState> {
-    Router::new()
-        .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", PAGE) }))
-        .route(
-            "/dashboard/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route("/dashboard/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
-        .route("/dashboard/favicon.svg", get(|| async { asset("image/svg+xml", ICON) }))
+// The routes are built in `admin::router`: the page and its assets are public, the feed
+// sits behind the admin token.
+
+/// `GET /dashboard`.
+pub(crate) async fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
 }
 
-/// The data routes, to be placed behind the admin token: the snapshot feed.
-pub(crate) fn feed_routes() -> Router<AdminState> {
-    Router::new()
-        .route("/dashboard/feed", get(feed))
-        .layer(Extension(FeedSlots(Arc::new(Semaphore::new(FEED_MAX_CLIENTS)))))
+/// `GET /dashboard/app.js`.
+pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /dashboard/app.css`.
+pub(crate) async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// `GET /dashboard/favicon.svg`.
+pub(crate) async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
+}
+
+/// The layer `GET /dashboard/feed` needs: the slots that bound the feeds open at once.
+pub(crate) fn feed_slots() -> Extension<FeedSlots> {
+    Extension(FeedSlots(Arc::new(Semaphore::new(FEED_MAX_CLIENTS))))
 }
 
 /// Counts open feeds so that a page left open in many tabs cannot pile up work.
 #[derive(Clone)]
-struct FeedSlots(Arc<Semaphore>);
+pub(crate) struct FeedSlots(Arc<Semaphore>);
 
 /// One `snapshot` event of the feed.
 #[derive(Serialize)]
@@ -121,7 +129,10 @@ fn security_headers(headers: &mut HeaderMap) {
     }
 }
 
-async fn feed(State(state): State<AdminState>, Extension(slots): Extension<FeedSlots>) -> Response {
+pub(crate) async fn feed(
+    State(state): State<AdminState>,
+    Extension(slots): Extension<FeedSlots>,
+) -> Response {
     let Ok(permit) = slots.0.try_acquire_owned() else {
         tracing::warn!(
             endpoint = "admin",

@@ -14,8 +14,8 @@ use palisade_jwks::{Verifier, VerifyError};
 use palisade_metrics::{EndpointMetrics, Metrics};
 use palisade_token::{Claims, TokenError};
 use palisade_transport::{
-    Accept, Close, ConnError, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest,
-    Message, Outcome, Refusal, Rejection, close_code,
+    Accept, Close, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest, Message, Outcome,
+    Refusal, Rejection, close_code,
 };
 
 use crate::app::{Handler, Peer};
@@ -35,6 +35,14 @@ pub mod replies {
     pub const TOKEN_EXPIRED: &str = "Token Expired";
     /// Sent for any other bad token.
     pub const INVALID_TOKEN: &str = "Invalid Token";
+
+    /// The plain-text reply before a close for a refused token.
+    pub(crate) fn for_cause(cause: crate::close_cause::CloseCause) -> &'static str {
+        match cause {
+            crate::close_cause::CloseCause::TokenExpired => TOKEN_EXPIRED,
+            _ => INVALID_TOKEN,
+        }
+    }
 }
 
 /// State shared by every connection of a server.
@@ -68,7 +76,10 @@ impl<H> State<H> {
         metrics: Metrics,
         echo_prefix: &str,
         auth_timeout: Duration,
+        audit: Audit,
         cluster: crate::cluster::Link,
+        channels: Arc<crate::channels::Hub>,
+        channel_policy: Arc<crate::channels::Policy>,
     ) -> State<H> {
         let per_sec = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
         State {
@@ -79,10 +90,10 @@ impl<H> State<H> {
             metrics,
             echo_prefix: echo_prefix.into(),
             auth_timeout,
-            audit: Audit::default(),
+            audit,
             cluster,
-            channels: Arc::default(),
-            channel_policy: Arc::default(),
+            channels,
+            channel_policy,
             noisy_log: RateLimiter::direct(Quota::per_second(per_sec)),
         }
     }
@@ -203,14 +214,14 @@ impl<H: Handler> Endpoint for WsEndpoint<H> {
             conn.v1 = Some(v1::V1::new(settings.clone()));
         }
         if self.kind == Kind::Secure {
-            let bearer = header("authorization").and_then(crate::admin::bearer_token);
+            let bearer = header("authorization").and_then(crate::http_auth::bearer_token);
             if let Some(token) = bearer {
                 // The handshake hook cannot wait: a token needing a key fetch is refused (the
                 // fetch starts) and the client retries.
                 match conn.verify_now(token) {
                     Ok(claims) => conn.auth = Auth::FromHeader(claims),
                     Err(e) => {
-                        let body = if e.is_expired() { "token expired" } else { "invalid token" };
+                        let body = CloseCause::of_token_error(&e).reason();
                         return Err(Rejection::new(StatusCode::UNAUTHORIZED, body));
                     }
                 }
@@ -413,14 +424,15 @@ impl<H: Handler> Conn<H> {
                 if !self.state.may_log_noisy() {
                     return;
                 }
-                match error {
-                    ConnError::IdleTimeout => {
-                        tracing::info!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, "closed: idle timeout");
+                let cause = CloseCause::of_error(error);
+                match cause.level() {
+                    Level::Debug | Level::Info => {
+                        tracing::info!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, "closed: {}", cause.reason());
                     }
-                    ConnError::SlowConsumer(_) => {
-                        tracing::warn!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, error = %error, "closed: slow consumer");
+                    Level::Warn => {
+                        tracing::warn!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, error = %error, "closed: {}", cause.reason());
                     }
-                    _ => {
+                    Level::Error => {
                         tracing::error!(conn = %info.id, peer = %info.peer, endpoint, user_id, kind = error.kind(), close_code = code, error = %error, "connection error");
                     }
                 }
@@ -482,13 +494,10 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 };
                 match self.verify(token).await {
                     Ok(claims) => Box::pin(self.start_session(claims, ctx)).await,
-                    Err(e) if e.is_expired() => {
-                        ctx.send(Message::Text(replies::TOKEN_EXPIRED.into()))?;
-                        Err(CloseCause::TokenExpired.close())
-                    }
-                    Err(_) => {
-                        ctx.send(Message::Text(replies::INVALID_TOKEN.into()))?;
-                        Err(CloseCause::InvalidToken.close())
+                    Err(e) => {
+                        let cause = CloseCause::of_token_error(&e);
+                        ctx.send(Message::Text(replies::for_cause(cause).into()))?;
+                        Err(cause.close())
                     }
                 }
             }
@@ -499,7 +508,7 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
                 self.metrics.message_handled(started.elapsed());
                 result
             }
-            Auth::FromHeader(_) => Err(Close::new(close_code::INTERNAL_ERROR, "internal error")),
+            Auth::FromHeader(_) => Err(CloseCause::InternalError.close()),
         };
         if let Some(mark) = v1_mark {
             ctx.map_queued(mark, v1::wrap_reply);

@@ -2,12 +2,8 @@
 //! client (clients/js/dist, embedded at build time like the dashboard's assets) against the
 //! secure endpoint. Public like the dashboard page; it holds no data, the token is the user's.
 
-use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-
-use crate::admin::AdminState;
 
 const PAGE: &str = include_str!("../assets/examples/chat.html");
 const SCRIPT: &str = include_str!("../assets/examples/chat.js");
@@ -22,13 +18,31 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-pub(crate) fn routes() -> Router<AdminState> {
-    Router::new()
-        .route("/examples/chat", get(|| async { asset("text/html; charset=utf-8", PAGE) }))
-        .route("/examples/chat.js", get(|| async { asset(JS, SCRIPT) }))
-        .route("/examples/chat.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
-        .route("/examples/palisade-client/index.js", get(|| async { asset(JS, CLIENT) }))
-        .route("/examples/palisade-client/backoff.js", get(|| async { asset(JS, CLIENT_BACKOFF) }))
+// The routes are built in `admin::router`.
+
+/// `GET /examples/chat`.
+pub(crate) async fn chat_page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
+/// `GET /examples/chat.js`.
+pub(crate) async fn chat_script() -> Response {
+    asset(JS, SCRIPT)
+}
+
+/// `GET /examples/chat.css`.
+pub(crate) async fn chat_style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// `GET /examples/palisade-client/index.js`.
+pub(crate) async fn client() -> Response {
+    asset(JS, CLIENT)
+}
+
+/// `GET /examples/palisade-client/backoff.js`.
+pub(crate) async fn client_backoff() -> Response {
+    asset(JS, CLIENT_BACKOFF)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

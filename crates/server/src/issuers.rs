@@ -209,6 +209,6 @@ pub(crate) async fn refresh(State(state): State<AdminState>) -> Response {
 /// Appends the issuers' metrics to the `/metrics` body.
 pub(crate) fn append_metrics(body: &mut String, issuers: Option<&Verifier>) {
     if let Some(issuers) = issuers {
-        crate::cluster::append_exposition(body, &issuers.encode_metrics());
+        crate::admin::append_exposition(body, &issuers.encode_metrics());
     }
 }

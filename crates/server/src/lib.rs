@@ -42,5 +42,6 @@ mod cluster;
 mod dashboard;
 mod endpoints;
 mod examples;
+mod http_auth;
 
 pub use endpoints::replies;

@@ -67,177 +67,53 @@ impl Server {
         app: H,
         sessions: SessionRegistry,
     ) -> anyhow::Result<Server> {
-        config.validate()?;
-        for finding in crate::posture::findings(config) {
-            tracing::warn!(key = finding.key, "security posture: {}", finding.why);
-        }
-        let codec = match config.secure.enabled {
-            true => Some(crate::issuers::verifier(&config.auth).await?),
-            false => None,
-        };
-        let firewall =
-            Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
-        let metrics = Metrics::new();
-        let audit = Audit::open(&config.audit)?;
-        let (cluster, cluster_events) = crate::cluster::start(config).await?;
-        let state = State::new(
-            Arc::new(app),
-            codec,
-            sessions.clone(),
-            firewall.clone(),
-            metrics.clone(),
-            &config.echo.prefix,
-            Duration::from_secs(config.secure.auth_timeout_secs),
-            cluster.clone(),
-        );
-        let (channel_hub, channel_policy) = crate::channels::build(config);
-        let state = Arc::new(
-            state.with_audit(audit.clone()).with_channels(channel_hub.clone(), channel_policy),
-        );
-        let cert_store = match config.tls_paths() {
-            Some(paths) => Some(load_tls(paths)?),
-            None => None,
-        };
-        let tls_config = cert_store.clone().map(tls::server_config).transpose()?;
-        let mut transport = config.transport();
-        transport.tls = tls_config.clone();
-        let transport = Arc::new(transport);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let admin_stop = CancellationToken::new();
-        let admin_tracker = TaskTracker::new();
+        check_and_warn(config)?;
+        let (parts, cluster_events) = Parts::build(config, app, sessions).await?;
+        let (cert_store, transport) = transport_config(config)?;
+        let tasks = Tasks::new();
         let reloader = Arc::new(crate::reload::Reloader::new(
             config,
-            firewall.clone(),
+            parts.firewall.clone(),
             cert_store.clone(),
-            audit.clone(),
+            parts.audit.clone(),
         ));
         // Duplicates of the listening sockets, handed to the successor of an upgrade.
         let handover = Arc::new(crate::upgrade::Handover::new(Duration::from_secs(30)));
         crate::cluster::spawn_events(
             cluster_events,
-            sessions.clone(),
-            firewall.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            &tracker,
+            parts.sessions.clone(),
+            parts.firewall.clone(),
+            parts.metrics.clone(),
+            tasks.shutdown.clone(),
+            &tasks.tracker,
         );
-
-        let mut addrs = [None, None];
-        for (slot, (kind, enabled, listen)) in addrs.iter_mut().zip([
-            (Kind::Echo, config.echo.enabled, config.echo.listen),
-            (Kind::Secure, config.secure.enabled, config.secure.listen),
-        ]) {
-            if !enabled {
-                continue;
+        let [echo_addr, secure_addr] =
+            serve_endpoints(config, &parts.state, &transport, &handover, &tasks).await?;
+        let admin_addr = match config.admin.enabled {
+            true => {
+                let (listener, addr) = bind_admin(config, &handover).await?;
+                let token = admin_token(config)?;
+                let state = admin_state(config, &parts, token, &reloader, &handover, &tasks);
+                serve_admin(config, listener, state, transport.tls.clone(), &tasks)?;
+                Some(addr)
             }
-            let listener = bind(listen, &format!("{}.listen", kind.name()), kind.name()).await?;
-            *slot = Some(listener.local_addr()?);
-            handover.add(kind.name(), dup_fd(&listener)?);
-            let endpoint = Arc::new(WsEndpoint {
-                kind,
-                state: state.clone(),
-                metrics: metrics.endpoint(kind.name()),
-                v1: v1::Settings::from_config(config),
-            });
-            let serve = palisade_transport::serve(
-                listener,
-                kind.name(),
-                endpoint,
-                transport.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-            );
-            tracker.spawn(serve);
-        }
-
-        let admin_addr = if config.admin.enabled {
-            let listener = bind(config.admin.listen, "admin.listen", "admin").await?;
-            let addr = listener.local_addr()?;
-            handover.add("admin", dup_fd(&listener)?);
-            let admin_token = match &config.admin.token_file {
-                Some(path) => {
-                    let token = read_secret(path, "admin.token_file")?;
-                    if token.len() < 16 {
-                        bail!(
-                            "admin.token_file {} holds {} bytes: use at least 16 random bytes \
-                             (e.g. `openssl rand -hex 32 > {}`)",
-                            path.display(),
-                            token.len(),
-                            path.display()
-                        );
-                    }
-                    Some(token)
-                }
-                None => None,
-            };
-            let admin_state = admin::AdminState {
-                sessions: sessions.clone(),
-                firewall: firewall.clone(),
-                metrics: metrics.clone(),
-                token: admin_token.map(Arc::new),
-                ban_duration: Duration::from_secs(config.firewall.ban_secs),
-                posture: Arc::new(crate::posture::findings(config)),
-                shutdown: shutdown.clone(),
-                audit: audit.clone(),
-                cluster: cluster.clone(),
-                issuers: state.codec.clone().filter(|v| !v.status().is_empty()),
-                reloader: reloader.clone(),
-                handover: handover.clone(),
-                channels: channel_hub.clone(),
-            };
-            match tls_config.clone().filter(|_| config.admin.tls) {
-                Some(tls) => {
-                    let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
-                    let listener = TlsListener::new(
-                        listener,
-                        tls,
-                        timeout,
-                        admin_stop.clone(),
-                        &admin_tracker,
-                    )?;
-                    admin_tracker.spawn(admin::serve(listener, admin_state, admin_stop.clone()));
-                }
-                None => {
-                    admin_tracker.spawn(admin::serve(listener, admin_state, admin_stop.clone()));
-                }
-            }
-            Some(addr)
-        } else {
-            None
+            false => None,
         };
-
-        // Per-IP state expires; prune it in the background so memory stays bounded.
-        let (fw, stop) = (firewall.clone(), shutdown.clone());
-        let m = metrics.clone();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {
-                        let now = Instant::now();
-                        fw.prune(now);
-                        m.set_bans_active(fw.bans(now).len() as i64);
-                    }
-                }
-            }
-        });
-
+        spawn_pruning(&parts.firewall, &parts.metrics, &tasks);
         Ok(Server {
-            echo_addr: addrs[0],
-            secure_addr: addrs[1],
+            echo_addr,
+            secure_addr,
             admin_addr,
-            sessions,
-            firewall,
-            metrics,
+            sessions: parts.sessions,
+            firewall: parts.firewall,
+            metrics: parts.metrics,
             tls: cert_store,
-            audit,
-            cluster: cluster.state,
-            shutdown,
-            tracker,
-            admin_stop,
-            admin_tracker,
+            audit: parts.audit,
+            cluster: parts.cluster.state,
+            shutdown: tasks.shutdown,
+            tracker: tasks.tracker,
+            admin_stop: tasks.admin_stop,
+            admin_tracker: tasks.admin_tracker,
             drain: Duration::from_secs(config.limits.drain_timeout_secs),
             reloader,
             handover,
@@ -317,6 +193,228 @@ impl Server {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Validates the configuration and logs what weakens its security posture.
+fn check_and_warn(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    for finding in crate::posture::findings(config) {
+        tracing::warn!(key = finding.key, "security posture: {}", finding.why);
+    }
+    Ok(())
+}
+
+/// What the endpoints and the admin API share, built from the configuration.
+struct Parts<H> {
+    state: Arc<State<H>>,
+    sessions: SessionRegistry,
+    firewall: Firewall,
+    metrics: Metrics,
+    audit: Audit,
+    cluster: crate::cluster::Link,
+}
+
+/// Other nodes' events, to be applied by `cluster::spawn_events`.
+type ClusterEvents = tokio::sync::mpsc::Receiver<palisade_cluster::Event>;
+
+impl<H: Handler> Parts<H> {
+    /// Builds the verifier, firewall, metrics, audit trail, cluster link and channels, and the
+    /// endpoints' shared state over them.
+    async fn build(
+        config: &Config,
+        app: H,
+        sessions: SessionRegistry,
+    ) -> anyhow::Result<(Parts<H>, ClusterEvents)> {
+        let codec = match config.secure.enabled {
+            true => Some(crate::issuers::verifier(&config.auth).await?),
+            false => None,
+        };
+        let firewall =
+            Firewall::new(firewall_config(config)?).context("invalid [firewall] section")?;
+        let metrics = Metrics::new();
+        let audit = Audit::open(&config.audit)?;
+        let (cluster, cluster_events) = crate::cluster::start(config).await?;
+        let (channel_hub, channel_policy) = crate::channels::build(config);
+        let state = Arc::new(State::new(
+            Arc::new(app),
+            codec,
+            sessions.clone(),
+            firewall.clone(),
+            metrics.clone(),
+            &config.echo.prefix,
+            Duration::from_secs(config.secure.auth_timeout_secs),
+            audit.clone(),
+            cluster.clone(),
+            channel_hub,
+            channel_policy,
+        ));
+        Ok((Parts { state, sessions, firewall, metrics, audit, cluster }, cluster_events))
+    }
+}
+
+/// The certificate store (when TLS is configured) and the transport settings using it.
+fn transport_config(
+    config: &Config,
+) -> anyhow::Result<(Option<Arc<CertStore>>, Arc<palisade_transport::TransportConfig>)> {
+    let cert_store = match config.tls_paths() {
+        Some(paths) => Some(load_tls(paths)?),
+        None => None,
+    };
+    let mut transport = config.transport();
+    transport.tls = cert_store.clone().map(tls::server_config).transpose()?;
+    Ok((cert_store, Arc::new(transport)))
+}
+
+/// The tokens and trackers that stop and wait for the server's tasks.
+struct Tasks {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    /// The admin listener outlives `shutdown` (see [`Server::shutdown`]).
+    admin_stop: CancellationToken,
+    admin_tracker: TaskTracker,
+}
+
+impl Tasks {
+    fn new() -> Tasks {
+        Tasks {
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            admin_stop: CancellationToken::new(),
+            admin_tracker: TaskTracker::new(),
+        }
+    }
+}
+
+/// Binds and serves the enabled WebSocket endpoints; returns the echo and secure addresses.
+async fn serve_endpoints<H: Handler>(
+    config: &Config,
+    state: &Arc<State<H>>,
+    transport: &Arc<palisade_transport::TransportConfig>,
+    handover: &crate::upgrade::Handover,
+    tasks: &Tasks,
+) -> anyhow::Result<[Option<SocketAddr>; 2]> {
+    let mut addrs = [None, None];
+    for (slot, (kind, enabled, listen)) in addrs.iter_mut().zip([
+        (Kind::Echo, config.echo.enabled, config.echo.listen),
+        (Kind::Secure, config.secure.enabled, config.secure.listen),
+    ]) {
+        if !enabled {
+            continue;
+        }
+        let listener = bind(listen, &format!("{}.listen", kind.name()), kind.name()).await?;
+        *slot = Some(listener.local_addr()?);
+        handover.add(kind.name(), dup_fd(&listener)?);
+        let endpoint = Arc::new(WsEndpoint {
+            kind,
+            state: state.clone(),
+            metrics: state.metrics.endpoint(kind.name()),
+            v1: v1::Settings::from_config(config),
+        });
+        let serve = palisade_transport::serve(
+            listener,
+            kind.name(),
+            endpoint,
+            transport.clone(),
+            tasks.shutdown.clone(),
+            tasks.tracker.clone(),
+        );
+        tasks.tracker.spawn(serve);
+    }
+    Ok(addrs)
+}
+
+/// The admin bearer token from `admin.token_file`, if set (at least 16 bytes).
+fn admin_token(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &config.admin.token_file else { return Ok(None) };
+    let token = read_secret(path, "admin.token_file")?;
+    if token.len() < 16 {
+        bail!(
+            "admin.token_file {} holds {} bytes: use at least 16 random bytes \
+             (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            token.len(),
+            path.display()
+        );
+    }
+    Ok(Some(token))
+}
+
+/// Binds the admin listener (or takes the inherited one) and offers it to an upgrade.
+async fn bind_admin(
+    config: &Config,
+    handover: &crate::upgrade::Handover,
+) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = bind(config.admin.listen, "admin.listen", "admin").await?;
+    let addr = listener.local_addr()?;
+    handover.add("admin", dup_fd(&listener)?);
+    Ok((listener, addr))
+}
+
+/// What the admin API's handlers reach.
+fn admin_state<H>(
+    config: &Config,
+    parts: &Parts<H>,
+    token: Option<Vec<u8>>,
+    reloader: &Arc<crate::reload::Reloader>,
+    handover: &Arc<crate::upgrade::Handover>,
+    tasks: &Tasks,
+) -> admin::AdminState {
+    admin::AdminState {
+        sessions: parts.sessions.clone(),
+        firewall: parts.firewall.clone(),
+        metrics: parts.metrics.clone(),
+        token: token.map(Arc::new),
+        ban_duration: Duration::from_secs(config.firewall.ban_secs),
+        posture: Arc::new(crate::posture::findings(config)),
+        shutdown: tasks.shutdown.clone(),
+        audit: parts.audit.clone(),
+        cluster: parts.cluster.clone(),
+        issuers: parts.state.codec.clone().filter(|v| !v.status().is_empty()),
+        reloader: reloader.clone(),
+        handover: handover.clone(),
+        channels: parts.state.channels.clone(),
+    }
+}
+
+/// Serves the admin API on `listener` (over TLS with `admin.tls`) until `admin_stop`.
+fn serve_admin(
+    config: &Config,
+    listener: TcpListener,
+    admin_state: admin::AdminState,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    let stop = tasks.admin_stop.clone();
+    match tls_config.filter(|_| config.admin.tls) {
+        Some(tls) => {
+            let timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
+            let listener =
+                TlsListener::new(listener, tls, timeout, stop.clone(), &tasks.admin_tracker)?;
+            tasks.admin_tracker.spawn(admin::serve(listener, admin_state, stop));
+        }
+        None => {
+            tasks.admin_tracker.spawn(admin::serve(listener, admin_state, stop));
+        }
+    }
+    Ok(())
+}
+
+/// Per-IP state expires; prunes it in the background so memory stays bounded.
+fn spawn_pruning(firewall: &Firewall, metrics: &Metrics, tasks: &Tasks) {
+    let (fw, stop, m) = (firewall.clone(), tasks.shutdown.clone(), metrics.clone());
+    tasks.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    fw.prune(now);
+                    m.set_bans_active(fw.bans(now).len() as i64);
+                }
+            }
+        }
+    });
 }
 
 /// The listener handed over by socket activation or an upgrade (named `name`), else a new one.

@@ -14,11 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::SlowConsumer;
 use crate::{Close, ConnError, ConnInfo, Message, Outcome, TransportConfig, close_code};
 
 /// Per-connection application logic. One value per connection; the transport calls it from the
@@ -99,7 +101,7 @@ impl Context {
     /// client has let more than the outbound queue limit pile up.
     pub fn send(&mut self, msg: Message) -> Result<(), Close> {
         if self.pending.len() >= self.limit {
-            return Err(ConnError::SlowConsumer("outbound queue full").close());
+            return Err(ConnError::SlowConsumer(SlowConsumer::QueueFull).close());
         }
         self.pending.push_back(msg);
         Ok(())
@@ -178,7 +180,7 @@ impl ConnHandle {
         }
         if inbox.queue.len() >= self.shared.limit {
             drop(inbox);
-            self.close(ConnError::SlowConsumer("outbound queue full").close());
+            self.close(ConnError::SlowConsumer(SlowConsumer::QueueFull).close());
             return Err(SendError::Full);
         }
         inbox.queue.push_back(msg);
@@ -238,6 +240,9 @@ where
     outcome
 }
 
+/// The loop of one connection: opens it, then waits for whichever comes first (shutdown, a push
+/// or close from another task, data from the peer, a timer) and hands it to its step, until a
+/// step ends the connection.
 async fn drive<S, H>(
     ws: &mut WebSocketStream<S>,
     ctx: &mut Context,
@@ -254,15 +259,11 @@ where
     if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
         return outcome;
     }
-    let pinging = !cfg.ping_interval.is_zero();
-    let now = Instant::now();
-    let far = now + Duration::from_secs(86_400 * 365);
-    let mut next_ping = if pinging { now + cfg.ping_interval } else { far };
-    let mut last_seen = now;
+    let mut clock = Clock::new(cfg);
     // One timer for the ping, the idle timeout and the handler's deadline. It is re-armed only
     // when it fires or when the wake-up moves earlier; traffic moves the idle timeout later
     // without touching the timer, which then finds the connection busy and sleeps again.
-    let mut armed = next_ping.min(last_seen + cfg.idle_timeout);
+    let mut armed = clock.next_ping.min(clock.idle_end(cfg));
     let timer = sleep_until(armed);
     tokio::pin!(timer);
     // Created once, not per turn of the loop: registering a waiter takes a lock.
@@ -270,141 +271,281 @@ where
     tokio::pin!(cancelled);
     let notified = shared.notify.notified();
     tokio::pin!(notified);
-    // Set once shutdown is cancelled and the drain spreads closes: this connection's moment.
-    let mut drain_at: Option<Instant> = None;
     loop {
-        let wake = next_ping
-            .min(last_seen + cfg.idle_timeout)
-            .min(ctx.deadline.unwrap_or(far))
-            .min(drain_at.unwrap_or(far));
+        let wake = clock.wake(ctx, cfg);
         if wake < armed || timer.is_elapsed() {
             armed = wake;
             timer.as_mut().reset(wake);
         }
-        tokio::select! {
+        let ended = tokio::select! {
             biased;
-            () = &mut cancelled, if drain_at.is_none() => {
-                let delay = cfg.drain.delay(ctx.info.id);
-                if delay.is_zero() {
-                    let close = handler.on_drain(cfg.drain.restart(), cfg.drain.spread());
-                    let prelude = handler.on_closing(&close);
-                    return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
-                }
-                // Served on until its moment; the timer branch closes it then.
-                drain_at = Some(Instant::now() + delay);
+            () = &mut cancelled, if clock.drain_at.is_none() => {
+                on_shutdown(ws, ctx, handler, &mut clock, cfg).await
             }
             () = &mut notified => {
                 notified.set(shared.notify.notified());
-                let (close, pushed) = {
-                    let mut inbox = shared.lock();
-                    let room = ctx.limit.saturating_sub(ctx.pending.len());
-                    let n = inbox.queue.len().min(room);
-                    (inbox.close.take(), inbox.queue.drain(..n).collect::<Vec<_>>())
-                };
-                if let Some(close) = close {
-                    let prelude = handler.on_closing(&close);
-                    return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
-                }
-                for msg in pushed {
-                    ctx.pending.push_back(handler.on_push(msg));
-                }
-                if let Some(outcome) = after_handler(ws, ctx, handler, Ok(()), false, cfg).await {
-                    return outcome;
-                }
+                on_inbox(ws, ctx, handler, shared, cfg).await
             }
             item = ws.next() => {
-                last_seen = Instant::now();
-                let mut item = item;
-                let mut handled = 0;
-                let mut pong_queued = false;
-                let mut sent = Sent::default();
-                // Handle every message that is already buffered, then write all replies at once.
-                let step = loop {
-                    let msg = match item {
-                        None => return Outcome::PeerClosed { code: None, reason: String::new() },
-                        Some(Err(e)) => {
-                            let Some(err) = ConnError::from_ws(e) else {
-                                return Outcome::PeerClosed { code: None, reason: String::new() };
-                            };
-                            // Replies fed so far go out before the close frame.
-                            if sent.messages > 0 {
-                                handler.on_sent(sent.messages, sent.bytes);
-                            }
-                            return Box::pin(fail(ws, err, |c| handler.on_closing(c), cfg)).await;
-                        }
-                        Some(Ok(msg)) => msg,
-                    };
-                    let step = match msg {
-                        WsMessage::Text(t) => handler.on_message(Message::Text(t.as_str().to_owned()), ctx).await,
-                        WsMessage::Binary(b) => handler.on_message(Message::Binary(b), ctx).await,
-                        // tungstenite has queued the pong; it goes out with the replies.
-                        WsMessage::Ping(_) => {
-                            pong_queued = true;
-                            Ok(())
-                        }
-                        WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
-                        WsMessage::Close(frame) => {
-                            // The replies fed before this close frame was read go out with
-                            // tungstenite's close reply (no data can follow a received close).
-                            if sent.messages > 0 {
-                                handler.on_sent(sent.messages, sent.bytes);
-                            }
-                            let (code, reason) = match frame {
-                                Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
-                                None => (None, String::new()),
-                            };
-                            // Reading on lets tungstenite send its reply and finish the handshake.
-                            let _ = Box::pin(timeout(cfg.close_timeout, async {
-                                while let Some(Ok(_)) = ws.next().await {}
-                            }))
-                            .await;
-                            return Outcome::PeerClosed { code, reason };
-                        }
-                    };
-                    // Fed now, before the next frame is read: if that is a close frame,
-                    // tungstenite refuses data after it but still writes what it holds.
-                    if let Err(outcome) = feed_pending(ws, ctx, &mut sent, cfg).await {
-                        return outcome;
-                    }
-                    handled += 1;
-                    if step.is_err() || handled >= MAX_BATCH {
-                        break step;
-                    }
-                    match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
-                        Poll::Ready(next) => item = next,
-                        Poll::Pending => break step,
-                    }
-                };
-                if let Some(outcome) = flush_sent(ws, handler, step, sent, pong_queued, cfg).await {
-                    return outcome;
-                }
+                clock.last_seen = Instant::now();
+                on_readable(ws, ctx, handler, item, cfg).await
             }
-            () = &mut timer => {
-                let now = Instant::now();
-                if drain_at.is_some_and(|d| now >= d) {
-                    let close = handler.on_drain(cfg.drain.restart(), cfg.drain.spread());
-                    let prelude = handler.on_closing(&close);
-                    return Box::pin(close_as_server(ws, close, prelude, cfg)).await;
-                }
-                if now >= last_seen + cfg.idle_timeout {
-                    return Box::pin(fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg)).await;
-                }
-                if ctx.deadline.is_some_and(|d| now >= d) {
-                    ctx.deadline = None;
-                    let step = Box::pin(handler.on_deadline(ctx)).await;
-                    if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
-                        return outcome;
-                    }
-                }
-                if now >= next_ping {
-                    next_ping = now + cfg.ping_interval;
-                    if let Err(outcome) = write_all(ws, std::iter::once(WsMessage::Ping(Default::default())), cfg).await {
-                        return outcome;
-                    }
-                }
-            }
+            () = &mut timer => on_timer(ws, ctx, handler, &mut clock, cfg).await,
+        };
+        if let Some(outcome) = ended {
+            return outcome;
         }
     }
+}
+
+/// The times a connection wakes up for, besides the handler's deadline.
+struct Clock {
+    next_ping: Instant,
+    /// When the peer was last heard from; the idle timeout runs from here.
+    last_seen: Instant,
+    /// Set once shutdown is cancelled and the drain spreads closes: this connection's moment.
+    drain_at: Option<Instant>,
+    /// "Never": a year from the start.
+    far: Instant,
+}
+
+impl Clock {
+    fn new(cfg: &TransportConfig) -> Clock {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(86_400 * 365);
+        let next_ping = if cfg.ping_interval.is_zero() { far } else { now + cfg.ping_interval };
+        Clock { next_ping, last_seen: now, drain_at: None, far }
+    }
+
+    fn idle_end(&self, cfg: &TransportConfig) -> Instant {
+        self.last_seen + cfg.idle_timeout
+    }
+
+    /// The earliest of the ping, the idle timeout, the handler's deadline and the drain moment.
+    fn wake(&self, ctx: &Context, cfg: &TransportConfig) -> Instant {
+        self.next_ping
+            .min(self.idle_end(cfg))
+            .min(ctx.deadline.unwrap_or(self.far))
+            .min(self.drain_at.unwrap_or(self.far))
+    }
+}
+
+/// Shutdown began: close now, or note this connection's moment of the drain's spread (it is
+/// served on until then, and the timer closes it).
+async fn on_shutdown<S, H>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &Context,
+    handler: &mut H,
+    clock: &mut Clock,
+    cfg: &TransportConfig,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let delay = cfg.drain.delay(ctx.info.id);
+    if delay.is_zero() {
+        return Some(drain_now(ws, handler, cfg).await);
+    }
+    clock.drain_at = Some(Instant::now() + delay);
+    None
+}
+
+/// Closes with the handler's drain close.
+async fn drain_now<S, H>(
+    ws: &mut WebSocketStream<S>,
+    handler: &mut H,
+    cfg: &TransportConfig,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let close = handler.on_drain(cfg.drain.restart(), cfg.drain.spread());
+    close_with(ws, handler, close, cfg).await
+}
+
+/// Sends the handler's prelude for `close` (if any) and the close frame.
+async fn close_with<S, H>(
+    ws: &mut WebSocketStream<S>,
+    handler: &mut H,
+    close: Close,
+    cfg: &TransportConfig,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let prelude = handler.on_closing(&close);
+    Box::pin(close_as_server(ws, close, prelude, cfg)).await
+}
+
+/// Other tasks pushed messages (queued as far as the outbound queue has room) or asked for a
+/// close.
+async fn on_inbox<S, H>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &mut Context,
+    handler: &mut H,
+    shared: &Shared,
+    cfg: &TransportConfig,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let (close, pushed) = {
+        let mut inbox = shared.lock();
+        let room = ctx.limit.saturating_sub(ctx.pending.len());
+        let n = inbox.queue.len().min(room);
+        (inbox.close.take(), inbox.queue.drain(..n).collect::<Vec<_>>())
+    };
+    if let Some(close) = close {
+        return Some(close_with(ws, handler, close, cfg).await);
+    }
+    for msg in pushed {
+        ctx.pending.push_back(handler.on_push(msg));
+    }
+    after_handler(ws, ctx, handler, Ok(()), false, cfg).await
+}
+
+/// Data from the peer: handles `item` and every message already buffered after it (at most
+/// [`MAX_BATCH`]), feeding each one's replies, then flushes all replies at once.
+async fn on_readable<S, H>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &mut Context,
+    handler: &mut H,
+    mut item: Option<Result<WsMessage, WsError>>,
+    cfg: &TransportConfig,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut handled = 0;
+    let mut pong_queued = false;
+    let mut sent = Sent::default();
+    let step = loop {
+        let msg = match item {
+            None => return Some(Outcome::PeerClosed { code: None, reason: String::new() }),
+            Some(Err(e)) => return Some(read_failed(ws, handler, e, sent, cfg).await),
+            Some(Ok(msg)) => msg,
+        };
+        let step = match msg {
+            WsMessage::Text(t) => {
+                handler.on_message(Message::Text(t.as_str().to_owned()), ctx).await
+            }
+            WsMessage::Binary(b) => handler.on_message(Message::Binary(b), ctx).await,
+            // tungstenite has queued the pong; it goes out with the replies.
+            WsMessage::Ping(_) => {
+                pong_queued = true;
+                Ok(())
+            }
+            WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
+            WsMessage::Close(frame) => {
+                return Some(peer_closed(ws, handler, frame, sent, cfg).await);
+            }
+        };
+        // Fed now, before the next frame is read: if that is a close frame, tungstenite
+        // refuses data after it but still writes what it holds.
+        if let Err(outcome) = feed_pending(ws, ctx, &mut sent, cfg).await {
+            return Some(outcome);
+        }
+        handled += 1;
+        if step.is_err() || handled >= MAX_BATCH {
+            break step;
+        }
+        match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
+            Poll::Ready(next) => item = next,
+            Poll::Pending => break step,
+        }
+    };
+    flush_sent(ws, handler, step, sent, pong_queued, cfg).await
+}
+
+/// A read failed: the connection ended quietly, or it fails with a close where it can. The
+/// replies fed so far go out before the close frame.
+async fn read_failed<S, H>(
+    ws: &mut WebSocketStream<S>,
+    handler: &mut H,
+    e: WsError,
+    sent: Sent,
+    cfg: &TransportConfig,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let Some(err) = ConnError::from_ws(e) else {
+        return Outcome::PeerClosed { code: None, reason: String::new() };
+    };
+    if sent.messages > 0 {
+        handler.on_sent(sent.messages, sent.bytes);
+    }
+    Box::pin(fail(ws, err, |c| handler.on_closing(c), cfg)).await
+}
+
+/// The peer sent a close frame. The replies fed before it was read go out with tungstenite's
+/// close reply (no data can follow a received close).
+async fn peer_closed<S, H>(
+    ws: &mut WebSocketStream<S>,
+    handler: &mut H,
+    frame: Option<CloseFrame>,
+    sent: Sent,
+    cfg: &TransportConfig,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    if sent.messages > 0 {
+        handler.on_sent(sent.messages, sent.bytes);
+    }
+    let (code, reason) = match frame {
+        Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
+        None => (None, String::new()),
+    };
+    // Reading on lets tungstenite send its reply and finish the handshake.
+    let _ =
+        Box::pin(timeout(cfg.close_timeout, async { while let Some(Ok(_)) = ws.next().await {} }))
+            .await;
+    Outcome::PeerClosed { code, reason }
+}
+
+/// The timer fired: the drain moment, the idle timeout, the handler's deadline or a ping.
+async fn on_timer<S, H>(
+    ws: &mut WebSocketStream<S>,
+    ctx: &mut Context,
+    handler: &mut H,
+    clock: &mut Clock,
+    cfg: &TransportConfig,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let now = Instant::now();
+    if clock.drain_at.is_some_and(|d| now >= d) {
+        return Some(drain_now(ws, handler, cfg).await);
+    }
+    if now >= clock.idle_end(cfg) {
+        let idle = fail(ws, ConnError::IdleTimeout, |c| handler.on_closing(c), cfg);
+        return Some(Box::pin(idle).await);
+    }
+    if ctx.deadline.is_some_and(|d| now >= d) {
+        ctx.deadline = None;
+        let step = Box::pin(handler.on_deadline(ctx)).await;
+        if let Some(outcome) = after_handler(ws, ctx, handler, step, false, cfg).await {
+            return Some(outcome);
+        }
+    }
+    if now >= clock.next_ping {
+        clock.next_ping = now + cfg.ping_interval;
+        let ping = std::iter::once(WsMessage::Ping(Default::default()));
+        if let Err(outcome) = write_all(ws, ping, cfg).await {
+            return Some(outcome);
+        }
+    }
+    None
 }
 
 /// Sends what the handler queued (and flushes anyway with `flush`, e.g. for a queued pong),
@@ -487,10 +628,7 @@ where
     }
     match step {
         Ok(()) => None,
-        Err(close) => {
-            let prelude = handler.on_closing(&close);
-            Some(Box::pin(close_as_server(ws, close, prelude, cfg)).await)
-        }
+        Err(close) => Some(close_with(ws, handler, close, cfg).await),
     }
 }
 
@@ -535,7 +673,8 @@ where
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => write_failed(ws, e, cfg).await,
         Err(_) => {
-            Err(Outcome::Failed { error: ConnError::SlowConsumer("write timed out"), close: None })
+            let error = ConnError::SlowConsumer(SlowConsumer::WriteTimedOut);
+            Err(Outcome::Failed { error, close: None })
         }
     }
 }
@@ -580,11 +719,7 @@ async fn fail<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let writable = !matches!(
-        error,
-        ConnError::PeerVanished | ConnError::Io(_) | ConnError::SlowConsumer("write timed out")
-    );
-    if writable {
+    if error.can_send_close() {
         let close = error.close();
         let before = prelude(&close);
         let sent = send_close(ws, &close, before, cfg).await;

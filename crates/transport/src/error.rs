@@ -27,13 +27,52 @@ pub enum ConnError {
     IdleTimeout,
     /// The peer did not read what we sent (write timed out or outbound queue full).
     #[error("slow consumer: {0}")]
-    SlowConsumer(&'static str),
+    SlowConsumer(SlowConsumer),
     /// Any other I/O failure.
     #[error("i/o error")]
     Io(#[source] io::Error),
 }
 
+/// How a peer that does not read showed itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// More messages were queued for it than the outbound queue holds.
+    QueueFull,
+    /// A write did not complete within the write timeout: the socket cannot take a close frame.
+    WriteTimedOut,
+    /// tungstenite's write buffer is full.
+    WriteBufferFull,
+}
+
+impl SlowConsumer {
+    /// A short description for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlowConsumer::QueueFull => "outbound queue full",
+            SlowConsumer::WriteTimedOut => "write timed out",
+            SlowConsumer::WriteBufferFull => "write buffer full",
+        }
+    }
+}
+
+impl std::fmt::Display for SlowConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ConnError {
+    /// Whether the socket can still carry a close frame after this error (it cannot after the
+    /// peer vanished, an I/O error or a write that timed out).
+    pub fn can_send_close(&self) -> bool {
+        !matches!(
+            self,
+            ConnError::PeerVanished
+                | ConnError::Io(_)
+                | ConnError::SlowConsumer(SlowConsumer::WriteTimedOut)
+        )
+    }
+
     /// The close code the client is told, per docs/protocol.md.
     pub fn close(&self) -> Close {
         match self {
@@ -77,7 +116,7 @@ impl ConnError {
                 ConnError::MessageTooBig(format!("{size} bytes, limit {max_size}"))
             }
             WsError::Capacity(c) => ConnError::MessageTooBig(c.to_string()),
-            WsError::WriteBufferFull(_) => ConnError::SlowConsumer("write buffer full"),
+            WsError::WriteBufferFull(_) => ConnError::SlowConsumer(SlowConsumer::WriteBufferFull),
             WsError::AttackAttempt => ConnError::Protocol("attack attempt detected".into()),
             other => ConnError::Protocol(other.to_string()),
         })

@@ -73,7 +73,7 @@ use std::time::Duration;
 
 pub use connection::{ConnHandle, Context, Handler, SendError};
 pub use drain::Drain;
-pub use error::{ConnError, Outcome};
+pub use error::{ConnError, Outcome, SlowConsumer};
 pub use handshake::{Accept, HandshakeError, HandshakeRequest, Rejection};
 pub use listener::{ConnId, ConnInfo, Endpoint, Refusal, serve};
 

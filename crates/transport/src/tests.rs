@@ -59,7 +59,7 @@ fn errors_map_to_rfc_close_codes() {
         (ConnError::Protocol("x".into()), close_code::PROTOCOL_ERROR),
         (ConnError::InvalidUtf8, close_code::INVALID_PAYLOAD),
         (ConnError::MessageTooBig("x".into()), close_code::MESSAGE_TOO_BIG),
-        (ConnError::SlowConsumer("x"), close_code::POLICY_VIOLATION),
+        (ConnError::SlowConsumer(crate::SlowConsumer::QueueFull), close_code::POLICY_VIOLATION),
         (ConnError::IdleTimeout, close_code::GOING_AWAY),
     ];
     for (err, code) in cases {

@@ -1,23 +1,14 @@
-//! Admin routes for channels: server-side publish, the active channels, a channel's presence.
+//! Admin handlers for channels (routed in `admin::router`): server-side publish, the active channels, a channel's presence.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::admin::AdminState;
-
-/// `POST /channels/{channel}/publish`, `GET /channels`, `GET /channels/{channel}/presence`.
-pub(crate) fn routes() -> Router<AdminState> {
-    Router::new()
-        .route("/channels", get(list))
-        .route("/channels/{channel}/publish", post(publish))
-        .route("/channels/{channel}/presence", get(presence))
-}
 
 #[derive(Serialize)]
 struct Published {
@@ -26,7 +17,8 @@ struct Published {
     delivered: usize,
 }
 
-async fn publish(
+/// `POST /channels/{channel}/publish`.
+pub(crate) async fn publish(
     State(state): State<AdminState>,
     Path(channel): Path<String>,
     body: Bytes,
@@ -57,7 +49,8 @@ async fn publish(
     Json(Published { channel, offset, delivered }).into_response()
 }
 
-async fn list(State(state): State<AdminState>) -> Response {
+/// `GET /channels`.
+pub(crate) async fn list(State(state): State<AdminState>) -> Response {
     Json(state.channels.list()).into_response()
 }
 
@@ -67,7 +60,11 @@ struct Presence {
     users: Vec<super::hub::PresenceRow>,
 }
 
-async fn presence(State(state): State<AdminState>, Path(channel): Path<String>) -> Response {
+/// `GET /channels/{channel}/presence`.
+pub(crate) async fn presence(
+    State(state): State<AdminState>,
+    Path(channel): Path<String>,
+) -> Response {
     if let Err(detail) = super::grants::validate_channel(&channel) {
         return (StatusCode::BAD_REQUEST, format!("bad channel: {detail}\n")).into_response();
     }

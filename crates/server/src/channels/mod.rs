@@ -112,15 +112,6 @@ impl Default for HubSettings {
     }
 }
 
-impl<H> crate::endpoints::State<H> {
-    /// The same state, with these channels.
-    pub(crate) fn with_channels(mut self, hub: Arc<Hub>, policy: Arc<Policy>) -> Self {
-        self.channels = hub;
-        self.channel_policy = policy;
-        self
-    }
-}
-
 // ---- pushes ----
 
 /// Put before a publication pushed to a connection, so that `on_push` sends it as it is instead
@@ -417,7 +408,7 @@ pub(crate) fn append_metrics(body: &mut String, hub: &Hub) {
          palisade_channel_history_bytes {bytes}\n\
          # EOF\n"
     );
-    crate::cluster::append_exposition(body, &m);
+    crate::admin::append_exposition(body, &m);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use palisade_transport::{Close, Message, close_code};
+use palisade_transport::{Close, Message};
 
 use super::v1;
 use crate::close_cause::{CloseCause, Failure};
@@ -22,7 +22,7 @@ pub(crate) fn drain_close(v1: bool, restart: bool, spread: Duration) -> (Close, 
     let cause = if restart { CloseCause::Restarting } else { CloseCause::ShuttingDown };
     if !v1 {
         // Plain clients keep 1001; only the reason says which drain it is.
-        return (Close::new(close_code::GOING_AWAY, cause.reason()), None);
+        return (Close::new(CloseCause::GoingAway.code(), cause.reason()), None);
     }
     let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
     let retry_after_ms = if spread_ms == 0 { 0 } else { rand::random_range(0..spread_ms) };
@@ -37,6 +37,7 @@ pub(crate) fn drain_close(v1: bool, restart: bool, spread: Duration) -> (Close, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_transport::close_code;
 
     #[test]
     fn v1_clients_get_a_jittered_retry_after_and_1012_on_upgrade() {

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use palisade_transport::{Close, Context, HandshakeRequest, Message, close_code};
+use palisade_transport::{Close, Context, HandshakeRequest, Message};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -299,7 +299,10 @@ pub(crate) fn wrap_reply(msg: Message) -> Message {
             };
             match data {
                 Some(raw) => envelope(&Outgoing::Message { data: &raw }),
-                None => error_envelope("internal_error", "reply could not be encoded"),
+                None => error_envelope(
+                    CloseCause::InternalError.error_name(),
+                    "reply could not be encoded",
+                ),
             }
         }
         binary @ Message::Binary(_) => binary,
@@ -319,7 +322,7 @@ fn reached(unix_secs: u64) -> bool {
 
 impl<H: Handler> Conn<H> {
     fn v1_state(&mut self) -> Result<&mut V1, Close> {
-        self.v1.as_mut().ok_or_else(|| Close::new(close_code::INTERNAL_ERROR, "internal error"))
+        self.v1.as_mut().ok_or_else(|| CloseCause::InternalError.close())
     }
 
     fn leeway(&self) -> u64 {
@@ -345,7 +348,7 @@ impl<H: Handler> Conn<H> {
             Auth::Waiting => false,
             Auth::Session { .. } => true,
             Auth::Open | Auth::FromHeader(_) => {
-                return Err(Close::new(close_code::INTERNAL_ERROR, "internal error"));
+                return Err(CloseCause::InternalError.close());
             }
         };
         match (envelope, in_session) {
@@ -370,13 +373,14 @@ impl<H: Handler> Conn<H> {
     async fn v1_auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
         match self.verify(token).await {
             Ok(claims) => self.start_session(claims, ctx).await,
-            Err(e) if e.is_expired() => {
-                Err(self.v1_state()?.fail(CloseCause::TokenExpired, "the token has expired"))
+            Err(e) => {
+                let cause = CloseCause::of_token_error(&e);
+                let detail = match cause {
+                    CloseCause::TokenExpired => "the token has expired",
+                    _ => "the token was refused (the server log names the failed check)",
+                };
+                Err(self.v1_state()?.fail(cause, detail))
             }
-            Err(_) => Err(self.v1_state()?.fail(
-                CloseCause::InvalidToken,
-                "the token was refused (the server log names the failed check)",
-            )),
         }
     }
 
@@ -400,21 +404,17 @@ impl<H: Handler> Conn<H> {
     async fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
         let claims = match self.verify(token).await {
             Ok(claims) => claims,
-            Err(e) if e.is_expired() => {
-                return self.v1_refresh_failed(
-                    "token_expired",
-                    "the refresh token has expired",
-                    ctx,
-                );
-            }
-            Err(_) => {
-                let detail =
-                    "the refresh token was refused (the server log names the failed check)";
-                return self.v1_refresh_failed("invalid_token", detail, ctx);
+            Err(e) => {
+                let cause = CloseCause::of_token_error(&e);
+                let detail = match cause {
+                    CloseCause::TokenExpired => "the refresh token has expired",
+                    _ => "the refresh token was refused (the server log names the failed check)",
+                };
+                return self.v1_refresh_failed(cause.error_name(), detail, ctx);
             }
         };
         let (Auth::Session { id, .. }, Some(session)) = (&self.auth, &self.peer.session) else {
-            return Err(Close::new(close_code::INTERNAL_ERROR, "internal error"));
+            return Err(CloseCause::InternalError.close());
         };
         let (id, user_id) = (id.clone(), session.user_id.clone());
         let endpoint = self.kind.name();
@@ -485,7 +485,7 @@ impl<H: Handler> Conn<H> {
                 format!("{detail}; closing after {n} bad envelopes"),
             ));
         }
-        ctx.send(error_envelope("bad_envelope", &detail))
+        ctx.send(error_envelope(CloseCause::BadEnvelopes.error_name(), &detail))
     }
 
     /// The session deadline passed: send `expiring`, or end the session.
