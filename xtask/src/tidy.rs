@@ -19,8 +19,8 @@ fn modules(src: &Path) -> Vec<String> {
             let path = entry.path();
             let name = path.file_name()?.to_str()?.to_owned();
             if path.is_dir() {
-                let is_module = path.join("mod.rs").exists()
-                    || src.join(format!("{name}.rs")).exists();
+                let is_module =
+                    path.join("mod.rs").exists() || src.join(format!("{name}.rs")).exists();
                 return is_module.then_some(name);
             }
             let stem = name.strip_suffix(".rs")?;
@@ -57,7 +57,10 @@ fn architecture_names_every_crate() {
             missing.push(name);
         }
     }
-    assert!(missing.is_empty(), "docs/architecture.md has no `### `crates/NAME`` section for {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md has no `### `crates/NAME`` section for {missing:?}"
+    );
 }
 
 #[test]
@@ -75,7 +78,10 @@ fn architecture_names_every_server_and_xtask_module() {
             }
         }
     }
-    assert!(missing.is_empty(), "docs/architecture.md does not mention these modules: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not mention these modules: {missing:#?}"
+    );
 }
 
 #[test]
