@@ -1,7 +1,14 @@
-//! `cargo xtask bench`: Palisade's echo and secure endpoints against a plain tokio-tungstenite
-//! echo server (the baseline), in one sitting, alternating, with the servers on core 0 and the
-//! load generator (`palisade-load`, crates/bench) on core 1. Writes docs/benchmarks.md and
-//! docs/benchmarks.json.
+//! `cargo xtask bench`: Palisade's echo and secure endpoints against plain echo servers (the
+//! baselines: tokio-tungstenite, fastwebsockets, uWebSockets.js, Python `websockets`), in one
+//! sitting, alternating, with the servers on core 0 and the load generator (`palisade-load`,
+//! crates/bench) on core 1. Writes docs/benchmarks.md, docs/benchmarks.json and
+//! docs/benchmarks.svg.
+//!
+//! The baselines are built or installed by the benchmark itself: the two Rust ones with the
+//! workspace (crates/bench), Python `websockets` into a venv and uWebSockets.js with npm, both
+//! under target/bench-baselines/ and reused on later runs (see [`set_up_baselines`]). A
+//! baseline that cannot be installed or started is skipped with its reason; one whose echoes
+//! are wrong is reported and not timed.
 //!
 //! Every measurement starts a fresh server process, so memory figures start from the same
 //! point. Server CPU time comes from /proc/PID/stat between the load generator's
@@ -22,11 +29,12 @@ use crate::{cargo, root, status};
 
 pub(crate) const USAGE: &str = "\
   bench [--quick] [--only S1,S2,...] [--reps N] [--held N] [--write]
-                           benchmarks against a tokio-tungstenite baseline in the same run
-                           (release build, servers on core 0, load on core 1); writes
-                           docs/benchmarks.md and docs/benchmarks.json (--quick: ~3 minutes,
-                           nothing written unless --write); --held: connections held in S6
-                           (default 19000: each process needs that many open files)
+                           benchmarks against echo baselines (tokio-tungstenite, fastwebsockets,
+                           uWebSockets.js, Python websockets) in the same run (release build,
+                           servers on core 0, load on core 1); writes docs/benchmarks.md,
+                           .json and .svg (--quick: under 5 minutes, nothing written unless
+                           --write); --held: connections held in S6 (default 19000: each
+                           process needs that many open files)
 ";
 
 /// The servers under test.
@@ -34,7 +42,15 @@ pub(crate) const USAGE: &str = "\
 enum Target {
     Echo,
     Secure,
-    Baseline,
+    /// tokio-tungstenite's echo-server example (`tungstenite-echo`, crates/bench): the
+    /// baseline of the issue's targets.
+    Tungstenite,
+    /// fastwebsockets' echo_server example (`fastwebsockets-echo`, crates/bench).
+    Fastwebsockets,
+    /// uWebSockets.js's EchoServer example on Node.js (crates/bench/node).
+    UwsNode,
+    /// Python `websockets` 16, `serve` with default settings (crates/bench/python).
+    PythonWebsockets,
     /// The secure endpoint verifying RS256 tokens with the static `[auth] public_key_file` (S4j).
     SecureRs256,
     /// The secure endpoint verifying the same RS256 tokens through an `[[auth.issuers]]` entry
@@ -47,12 +63,23 @@ impl Target {
         match self {
             Target::Echo => "palisade-echo",
             Target::Secure => "palisade-secure",
-            Target::Baseline => "tungstenite",
+            Target::Tungstenite => "tungstenite",
+            Target::Fastwebsockets => "fastwebsockets",
+            Target::UwsNode => "uwebsockets.js",
+            Target::PythonWebsockets => "python-websockets",
             Target::SecureRs256 => "palisade-rs256",
             Target::SecureJwks => "palisade-jwks",
         }
     }
+
+    fn is_baseline(self) -> bool {
+        BASELINES.contains(&self)
+    }
 }
+
+/// Every baseline, in the order of the tables.
+const BASELINES: [Target; 4] =
+    [Target::Tungstenite, Target::Fastwebsockets, Target::UwsNode, Target::PythonWebsockets];
 
 /// Sizes and durations of one run.
 #[derive(Clone, Debug)]
@@ -92,13 +119,14 @@ fn parse(args: &[String]) -> Result<Plan, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => {
+                // Six servers per scenario (four baselines): kept under 5 minutes in all.
                 plan.quick = true;
                 plan.reps = 2;
-                plan.secs = 2.0;
-                plan.warmup = 0.5;
+                plan.secs = 1.5;
+                plan.warmup = 0.3;
                 plan.idle_conns = 2_000;
                 plan.hold_conns = 2_000;
-                plan.hold_secs = 5.0;
+                plan.hold_secs = 3.0;
             }
             "--write" => write = Some(true),
             "--only" => {
@@ -169,7 +197,14 @@ fn scenarios(plan: &Plan) -> Vec<Scenario> {
         v.extend(s(extra));
         v
     };
-    let all = &[Target::Echo, Target::Secure, Target::Baseline];
+    let all = &[
+        Target::Echo,
+        Target::Secure,
+        Target::Tungstenite,
+        Target::Fastwebsockets,
+        Target::UwsNode,
+        Target::PythonWebsockets,
+    ];
     vec![
         Scenario {
             id: "S1",
@@ -227,7 +262,7 @@ fn scenarios(plan: &Plan) -> Vec<Scenario> {
         Scenario {
             id: "S6",
             title: "connections held with a trickle of messages (one per connection every 10 s)",
-            targets: &[Target::Echo, Target::Secure],
+            targets: all,
             args: s(&[
                 "idle",
                 "--connections",
@@ -267,6 +302,7 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         "--bins",
     ]);
     status(build)?;
+    println!("xtask bench: built in {:.0?}", started.elapsed());
     let bins = target_dir().join("release");
     let work = process::temp_dir("bench")?;
     let max_connections = plan.hold_conns.max(plan.idle_conns) + 1000;
@@ -280,35 +316,55 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     } else {
         None
     };
-    let env = Env { bins, work: work.clone(), config, token, rs256 };
+    let wanted: Vec<Scenario> = scenarios(&plan).into_iter().filter(|s| plan.wants(s.id)).collect();
+    let mut env = Env {
+        bins,
+        work: work.clone(),
+        config,
+        token,
+        rs256,
+        python: None,
+        uws: None,
+        baselines: Vec::new(),
+    };
+    if wanted.iter().any(|sc| sc.targets.iter().any(|t| t.is_baseline())) {
+        set_up_baselines(&mut env);
+    }
 
     let mut results = Vec::new();
-    for sc in scenarios(&plan).into_iter().filter(|s| plan.wants(s.id)) {
+    for sc in wanted {
         println!("xtask bench: {} — {}", sc.id, sc.title);
         let mut samples: Vec<(Target, Sample)> = Vec::new();
+        // Baselines that are missing or answer wrongly are left out (reported once, above).
+        let targets: Vec<Target> = sc.targets.iter().copied().filter(|t| env.timed(*t)).collect();
         for rep in 0..plan.reps {
             // Alternate the order so no target always runs first (or last).
-            let n = sc.targets.len();
+            let n = targets.len();
             for i in 0..n {
-                let target = sc.targets[(i + rep) % n];
+                let target = targets[(i + rep) % n];
                 let sample = measure(&env, &sc, target)?;
-                println!("  rep {} {:<16} {}", rep + 1, target.name(), describe(&sc, &sample));
+                println!("  rep {} {:<17} {}", rep + 1, target.name(), describe(&sc, &sample));
                 samples.push((target, sample));
             }
         }
         results.push((sc, samples));
     }
     let machine = machine();
-    let report = Report { plan: &plan, results: &results, machine: &machine };
+    let report =
+        Report { plan: &plan, results: &results, machine: &machine, baselines: &env.baselines };
     let md = report.markdown();
-    println!("\n{}", report.table());
+    println!("\n{}\n{}\n{}", report.baselines(), report.glance(), report.table());
     if plan.write {
         let docs = root().join("docs");
         fs::write(docs.join("benchmarks.md"), md)
             .map_err(|e| format!("docs/benchmarks.md: {e}"))?;
         fs::write(docs.join("benchmarks.json"), report.json())
             .map_err(|e| format!("docs/benchmarks.json: {e}"))?;
-        println!("xtask bench: wrote docs/benchmarks.md and docs/benchmarks.json");
+        fs::write(docs.join("benchmarks.svg"), report.svg())
+            .map_err(|e| format!("docs/benchmarks.svg: {e}"))?;
+        println!(
+            "xtask bench: wrote docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.svg"
+        );
     }
     let _ = fs::remove_dir_all(&work);
     println!("xtask bench: finished in {:.0?}", started.elapsed());
@@ -326,6 +382,251 @@ struct Env {
     token: String,
     /// S4j's configurations, token and JWKS server (when S4j runs).
     rs256: Option<Rs256>,
+    /// The venv's Python, with `websockets` 16 installed (when it could be set up).
+    python: Option<PathBuf>,
+    /// uws-echo.js next to its node_modules (when Node.js and npm could set it up).
+    uws: Option<PathBuf>,
+    /// What the pre-check found for each baseline (empty when no scenario has baselines).
+    baselines: Vec<(Target, BaselineStatus)>,
+}
+
+impl Env {
+    /// Whether `target` is measured: Palisade always, a baseline when it passed the pre-check.
+    fn timed(&self, target: Target) -> bool {
+        !target.is_baseline()
+            || self.baselines.iter().any(|(t, s)| *t == target && *s == BaselineStatus::Ready)
+    }
+}
+
+/// The outcome of a baseline's pre-check.
+#[derive(Clone, Debug, PartialEq)]
+enum BaselineStatus {
+    /// Installed, started and echoed correctly: timed in every scenario.
+    Ready,
+    /// Not available here (the reason says why): not timed.
+    Skipped(String),
+    /// Started but answered wrongly (the first wrong answer): not timed.
+    WrongAnswers(String),
+}
+
+impl BaselineStatus {
+    fn describe(&self) -> String {
+        match self {
+            BaselineStatus::Ready => "measured (echoes checked)".into(),
+            BaselineStatus::Skipped(why) => format!("skipped: {why}"),
+            BaselineStatus::WrongAnswers(first) => {
+                format!("wrong answers, not timed (first: {first})")
+            }
+        }
+    }
+}
+
+/// Where each baseline comes from, for the report.
+fn baseline_source(t: Target) -> &'static str {
+    match t {
+        Target::Tungstenite => {
+            "tokio-tungstenite 0.28 (crates.io), its echo-server example: `tungstenite-echo` in crates/bench"
+        }
+        Target::Fastwebsockets => {
+            "fastwebsockets 0.10 with hyper 1 (crates.io), its echo_server example: `fastwebsockets-echo` in crates/bench"
+        }
+        Target::UwsNode => {
+            "uWebSockets.js v20.30.0's Node.js addon (npm `@trufflesuite/uws-js-unofficial`, version pinned in crates/bench/node/package-lock.json), its EchoServer example on Node.js: crates/bench/node/uws-echo.js"
+        }
+        Target::PythonWebsockets => {
+            "Python `websockets` >=16,<17 (PyPI, in a venv under target/bench-baselines/), `serve` with default settings: crates/bench/python/echo.py"
+        }
+        _ => "",
+    }
+}
+
+/// The C++ uWebSockets cannot be built here: say so wherever the baselines are listed.
+const UWS_CPP_SKIPPED: &str = "uWebSockets (C++ example compiled with the system compiler): \
+     skipped: its source (uWebSockets and uSockets) is in none of the package registries the \
+     benchmark may use (crates.io, PyPI, npm, Debian) and nothing is downloaded from elsewhere; \
+     uwebsockets.js, the same C++ core behind a Node.js addon, stands in for it";
+
+/// Installs the baselines that are not built with the workspace and checks every baseline's
+/// echoes, recording each one's status in `env.baselines`.
+fn set_up_baselines(env: &mut Env) {
+    let dir = target_dir().join("bench-baselines");
+    println!("xtask bench: {UWS_CPP_SKIPPED}");
+    let mut early: Vec<(Target, String)> = Vec::new();
+    match set_up_python(&dir.join("python")) {
+        Ok(python) => env.python = Some(python),
+        Err(e) => early.push((Target::PythonWebsockets, e)),
+    }
+    match set_up_uws(&dir.join("uws")) {
+        Ok(script) => env.uws = Some(script),
+        Err(e) => early.push((Target::UwsNode, e)),
+    }
+    for target in BASELINES {
+        let status = match early.iter().find(|(t, _)| *t == target) {
+            Some((_, why)) => BaselineStatus::Skipped(why.clone()),
+            None => check_echoes(env, target),
+        };
+        println!("xtask bench: baseline {:<17} {}", target.name(), status.describe());
+        env.baselines.push((target, status));
+    }
+}
+
+/// A venv under `dir` with `websockets` 16 (created or reused); returns its Python.
+fn set_up_python(dir: &Path) -> Result<PathBuf, String> {
+    let python = dir.join("bin/python");
+    let version_ok = |python: &Path| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import websockets, sys; sys.exit(websockets.__version__.split('.')[0] != '16')",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if version_ok(&python) {
+        return Ok(python);
+    }
+    let quiet = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{what}: cannot run: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!("{what} failed ({}){}", out.status, last_line(&out.stderr)))
+    };
+    if !runs("python3") {
+        return Err("`python3` is not installed".into());
+    }
+    let _ = fs::remove_dir_all(dir);
+    quiet(Command::new("python3").args(["-m", "venv"]).arg(dir), "python3 -m venv")?;
+    quiet(
+        Command::new(dir.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            PYTHON_WEBSOCKETS,
+        ]),
+        &format!("pip install '{PYTHON_WEBSOCKETS}'"),
+    )?;
+    if !version_ok(&python) {
+        return Err(format!("the venv's Python cannot import {PYTHON_WEBSOCKETS}"));
+    }
+    Ok(python)
+}
+
+/// Whether `TOOL --version` runs and succeeds.
+fn runs(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `": LINE"` for the last non-empty line of a tool's error output, or nothing.
+fn last_line(stderr: &[u8]) -> String {
+    let err = String::from_utf8_lossy(stderr);
+    err.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
+}
+
+/// The Python baseline's requirement (a venv under target/bench-baselines/python).
+const PYTHON_WEBSOCKETS: &str = "websockets>=16,<17";
+
+/// crates/bench/node (package.json, package-lock.json, uws-echo.js) copied under `dir`, with
+/// `npm ci` run there once; returns the script.
+fn set_up_uws(dir: &Path) -> Result<PathBuf, String> {
+    for tool in ["node", "npm"] {
+        if !runs(tool) {
+            return Err(format!("`{tool}` (Node.js) is not installed"));
+        }
+    }
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let source = root().join("crates/bench/node");
+    let mut changed = false;
+    for name in ["package.json", "package-lock.json", "uws-echo.js"] {
+        let text =
+            fs::read(source.join(name)).map_err(|e| format!("crates/bench/node/{name}: {e}"))?;
+        let to = dir.join(name);
+        if name != "uws-echo.js" && fs::read(&to).ok().as_deref() != Some(&text[..]) {
+            changed = true;
+        }
+        fs::write(&to, text).map_err(|e| format!("{}: {e}", to.display()))?;
+    }
+    if changed || !dir.join("node_modules/@trufflesuite/uws-js-unofficial/binaries").is_dir() {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--omit=optional", "--loglevel=error"])
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("npm ci: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("npm ci failed ({}){}", out.status, last_line(&out.stderr)));
+        }
+    }
+    Ok(dir.join("uws-echo.js"))
+}
+
+/// Starts `target` once and sends it text and binary echoes and a handshake burst: any reply
+/// that is not the message sent (byte for byte, opcode included) makes it `WrongAnswers`.
+fn check_echoes(env: &Env, target: Target) -> BaselineStatus {
+    let server = match Server::start(env, target) {
+        Ok(s) => s,
+        Err(e) => return BaselineStatus::Skipped(format!("did not start: {e}")),
+    };
+    let url = server.url(target);
+    let checks: [&[&str]; 3] = [
+        &["echo", "--connections", "2", "--inflight", "4", "--size", "32"],
+        &["echo", "--connections", "2", "--inflight", "1", "--size", "65536", "--binary"],
+        &["handshake", "--concurrency", "4"],
+    ];
+    let mut status = BaselineStatus::Ready;
+    for check in checks {
+        let out = Command::new(env.bins.join("palisade-load"))
+            .args(check)
+            .args(["--duration", "0.2", "--warmup", "0.1", "--url", &url])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        let stdout = match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => {
+                status = BaselineStatus::Skipped(format!("cannot run palisade-load: {e}"));
+                break;
+            }
+        };
+        let result = stdout.lines().find(|l| field_str(l, "event").as_deref() == Some("result"));
+        if let Some(wrong) = wrong_answer(result) {
+            status = BaselineStatus::WrongAnswers(wrong);
+            break;
+        }
+    }
+    let _ = server.stop();
+    status
+}
+
+/// `None` when a check's result line shows replies and no errors; else what went wrong.
+fn wrong_answer(result: Option<&str>) -> Option<String> {
+    let Some(line) = result else {
+        return Some("palisade-load printed no result".into());
+    };
+    let errors = field(line, "errors").unwrap_or(0.0);
+    let count = field(line, "messages")
+        .filter(|m| *m > 0.0)
+        .or_else(|| field(line, "handshakes"))
+        .unwrap_or(0.0);
+    if errors > 0.0 {
+        let first = field_str(line, "first_error").unwrap_or_else(|| "unknown".into());
+        return Some(format!("{errors:.0} errors; {first}"));
+    }
+    if count == 0.0 {
+        return Some("no replies".into());
+    }
+    None
 }
 
 /// The `iss` and `aud` of S4j's tokens, required by both of its configurations.
@@ -415,20 +716,50 @@ impl Server {
     fn start(env: &Env, target: Target) -> Result<Server, String> {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"]);
-        if target == Target::Baseline {
-            cmd.arg(env.bins.join("tungstenite-echo"));
-            cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
+        if target.is_baseline() {
+            // Each prints `NAME listening on HOST:PORT` once it listens.
+            let name = match target {
+                Target::Tungstenite => {
+                    cmd.arg(env.bins.join("tungstenite-echo"));
+                    "tungstenite-echo"
+                }
+                Target::Fastwebsockets => {
+                    cmd.arg(env.bins.join("fastwebsockets-echo"));
+                    "fastwebsockets-echo"
+                }
+                Target::UwsNode => {
+                    let script = env.uws.as_ref().ok_or("uWebSockets.js is not installed")?;
+                    cmd.arg("node").arg(script);
+                    "uws-echo"
+                }
+                _ => {
+                    let python = env.python.as_ref().ok_or("the Python venv is not set up")?;
+                    cmd.arg(python).arg(root().join("crates/bench/python/echo.py"));
+                    "python-websockets-echo"
+                }
+            };
+            let err_path = env.work.join(format!("{name}.stderr"));
+            let err =
+                fs::File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
+            cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
             let mut child = cmd.spawn().map_err(|e| format!("cannot start taskset: {e}"))?;
             let stdout = child.stdout.take().ok_or("no stdout pipe")?;
             let mut line = String::new();
-            BufReader::new(stdout)
-                .read_line(&mut line)
-                .map_err(|e| format!("tungstenite-echo: {e}"))?;
-            let addr = line
-                .trim()
-                .strip_prefix("tungstenite-echo listening on ")
-                .ok_or_else(|| format!("tungstenite-echo printed {line:?}"))?
-                .to_owned();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            let addr = match (read, line.trim().strip_prefix(&format!("{name} listening on "))) {
+                (Ok(_), Some(addr)) => addr.to_owned(),
+                (read, _) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+                    let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+                    return Err(format!(
+                        "{name} printed {line:?} ({}){}",
+                        read.err().map(|e| e.to_string()).unwrap_or_else(|| "no error".into()),
+                        last.map(|l| format!("; stderr: {}", l.trim())).unwrap_or_default()
+                    ));
+                }
+            };
             return Ok(Server::Baseline { child, addr });
         }
         cmd.arg(env.bins.join("palisade"));
@@ -502,7 +833,10 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
             let token = env.rs256.as_ref().map(|rs| rs.token.as_str()).unwrap_or_default();
             cmd.args(["--prefix", "Server received: ", "--token", token]);
         }
-        Target::Baseline => {}
+        Target::Tungstenite
+        | Target::Fastwebsockets
+        | Target::UwsNode
+        | Target::PythonWebsockets => {}
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
     let mut load = cmd.spawn().map_err(|e| format!("cannot start palisade-load: {e}"))?;
@@ -666,6 +1000,61 @@ fn field_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
+/// One chart panel: a title and one bar per server (name, value, whether it is Palisade).
+struct Panel {
+    title: String,
+    bars: Vec<(String, f64, bool)>,
+    decimals: usize,
+}
+
+/// Horizontal bar charts, one panel per scenario, each scaled to its own largest value, as
+/// SVG text.
+fn svg_chart(caption: &str, panels: &[Panel]) -> String {
+    const WIDTH: usize = 760;
+    const LABEL: usize = 150;
+    const BAR_MAX: f64 = 470.0;
+    const BAR: usize = 14;
+    const STEP: usize = 18;
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut body = String::new();
+    let mut y = 40;
+    for p in panels {
+        let _ = writeln!(
+            body,
+            "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}</text>",
+            y + 12,
+            esc(&p.title)
+        );
+        y += 20;
+        let max = p.bars.iter().map(|b| b.1).fold(0.0, f64::max);
+        for (name, value, palisade) in &p.bars {
+            let w = if max > 0.0 { (value / max * BAR_MAX).max(1.0) } else { 1.0 };
+            let fill = if *palisade { "#2a7f62" } else { "#8a96a8" };
+            let _ = writeln!(
+                body,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
+                 <rect x=\"{LABEL}\" y=\"{y}\" width=\"{w:.1}\" height=\"{BAR}\" fill=\"{fill}\"/>\
+                 <text x=\"{:.1}\" y=\"{}\">{value:.prec$}</text>",
+                LABEL - 6,
+                y + 11,
+                esc(name),
+                LABEL as f64 + w + 4.0,
+                y + 11,
+                prec = p.decimals
+            );
+            y += STEP;
+        }
+        y += 14;
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{y}\" \
+         viewBox=\"0 0 {WIDTH} {y}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-size=\"13\">{}</text>\n{body}</svg>\n",
+        esc(caption)
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -699,6 +1088,15 @@ struct Report<'a> {
     plan: &'a Plan,
     results: &'a [(Scenario, Vec<(Target, Sample)>)],
     machine: &'a str,
+    /// Each baseline's pre-check (empty when no scenario had baselines).
+    baselines: &'a [(Target, BaselineStatus)],
+}
+
+/// The best baseline of one scenario per measure (target and value), for ratios.
+struct Best {
+    per_cpu: Option<(Target, f64)>,
+    rate: Option<(Target, f64)>,
+    bytes_per_conn: Option<(Target, f64)>,
 }
 
 /// Medians of one target in one scenario.
@@ -722,9 +1120,11 @@ struct Row {
 }
 
 impl Report<'_> {
+    /// One row per target measured at least once (a skipped baseline has none).
     fn rows(samples: &[(Target, Sample)], targets: &[Target]) -> Vec<Row> {
         targets
             .iter()
+            .filter(|&&t| samples.iter().any(|(x, _)| *x == t))
             .map(|&t| {
                 let of: Vec<&Sample> =
                     samples.iter().filter(|(x, _)| *x == t).map(|(_, s)| s).collect();
@@ -752,25 +1152,55 @@ impl Report<'_> {
             .collect()
     }
 
-    /// The row ratios are taken against: the static RS256 key in S4j, else the baseline.
+    /// The row the issue's targets are taken against: the static RS256 key in S4j, else
+    /// tokio-tungstenite.
     fn baseline<'r>(sc: &Scenario, rows: &'r [Row]) -> Option<&'r Row> {
-        let reference = if sc.id == "S4j" { Target::SecureRs256 } else { Target::Baseline };
+        let reference = if sc.id == "S4j" { Target::SecureRs256 } else { Target::Tungstenite };
         rows.iter().find(|r| r.target == reference)
+    }
+
+    /// What the tables' ratios divide by: in S4j the static RS256 key; elsewhere the best
+    /// baseline of each column (most per CPU-second, most per second, fewest bytes per
+    /// connection among baselines with replies and no errors).
+    fn best(sc: &Scenario, rows: &[Row]) -> Best {
+        if sc.id == "S4j" {
+            let r = rows.iter().find(|r| r.target == Target::SecureRs256);
+            let pick = |f: fn(&Row) -> f64| r.map(|r| (r.target, f(r))).filter(|(_, v)| *v > 0.0);
+            return Best {
+                per_cpu: pick(|r| r.per_cpu),
+                rate: pick(|r| r.rate),
+                bytes_per_conn: pick(|r| r.bytes_per_conn),
+            };
+        }
+        let clean: Vec<&Row> =
+            rows.iter().filter(|r| r.target.is_baseline() && r.errors == 0.0).collect();
+        let pick = |f: fn(&Row) -> f64, most: bool| {
+            clean
+                .iter()
+                .map(|r| (r.target, f(r)))
+                .filter(|(_, v)| *v > 0.0)
+                .reduce(|a, b| if (b.1 > a.1) == most { b } else { a })
+        };
+        Best {
+            per_cpu: pick(|r| r.per_cpu, true),
+            rate: pick(|r| r.rate, true),
+            bytes_per_conn: pick(|r| r.bytes_per_conn, false),
+        }
     }
 
     fn table(&self) -> String {
         let mut out = String::new();
         for (sc, samples) in self.results {
             let rows = Self::rows(samples, sc.targets);
-            let base = Self::baseline(sc, &rows);
+            let best = Self::best(sc, &rows);
             let _ = writeln!(out, "### {} — {}\n", sc.id, sc.title);
             if sc.idle {
-                out.push_str("| server | connections | KiB per connection | server RSS MiB, all connected | ratio to baseline | errors |\n");
+                out.push_str("| server | connections | KiB per connection | server RSS MiB, all connected | ratio to best baseline | errors |\n");
                 out.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
                 for r in &rows {
-                    let ratio = base
-                        .filter(|b| b.bytes_per_conn > 0.0)
-                        .map(|b| format!("{:.3}", r.bytes_per_conn / b.bytes_per_conn))
+                    let ratio = best
+                        .bytes_per_conn
+                        .map(|(_, b)| format!("{:.3}", r.bytes_per_conn / b))
                         .unwrap_or_else(|| "—".into());
                     let _ = writeln!(
                         out,
@@ -790,13 +1220,10 @@ impl Report<'_> {
                 );
                 out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
                 for r in &rows {
-                    let (rc, rw) = match base {
-                        Some(b) if b.per_cpu > 0.0 && b.rate > 0.0 => (
-                            format!("{:.2}", r.per_cpu / b.per_cpu),
-                            format!("{:.2}", r.rate / b.rate),
-                        ),
-                        _ => ("—".into(), "—".into()),
+                    let ratio = |b: Option<(Target, f64)>, v: f64| {
+                        b.map(|(_, b)| format!("{:.2}", v / b)).unwrap_or_else(|| "—".into())
                     };
+                    let (rc, rw) = (ratio(best.per_cpu, r.per_cpu), ratio(best.rate, r.rate));
                     let _ = writeln!(
                         out,
                         "| {} | {:.0} | {:.0} | {rc} | {rw} | {:.0}% | {:.0}% | {:.0} | {:.0} | {:.0} | {:.0} |",
@@ -813,7 +1240,25 @@ impl Report<'_> {
                 }
             }
             let reps = rows.first().map(|r| r.reps).unwrap_or(0);
-            let _ = writeln!(out, "\nMedians of {reps} runs per server.\n");
+            let _ = write!(out, "\nMedians of {reps} runs per server.");
+            if sc.id != "S4j" {
+                let name = |b: Option<(Target, f64)>| b.map(|(t, _)| t.name()).unwrap_or("—");
+                if sc.idle {
+                    let _ = write!(
+                        out,
+                        " Ratios are to the baseline with the fewest bytes per connection ({}).",
+                        name(best.bytes_per_conn)
+                    );
+                } else {
+                    let _ = write!(
+                        out,
+                        " Ratios are to the best baseline of each column: per CPU-s {}, per s {}.",
+                        name(best.per_cpu),
+                        name(best.rate)
+                    );
+                }
+            }
+            out.push_str("\n\n");
             if let Some(r) = rows.iter().find(|r| r.jwks_measured_max.is_some()) {
                 let _ = writeln!(
                     out,
@@ -832,7 +1277,20 @@ impl Report<'_> {
     fn markdown(&self) -> String {
         let p = self.plan;
         let mut out = String::new();
-        out.push_str(include_str!("bench_intro.md"));
+        // The intro's title and first paragraph, then the one-glance table and chart, then
+        // the rest of the intro (how to run, method).
+        let intro = include_str!("bench_intro.md");
+        let (head, rest) = intro.split_at(intro.find("\n## ").map(|i| i + 1).unwrap_or(0));
+        out.push_str(head);
+        out.push_str("## At a glance\n\n");
+        out.push_str(&self.glance());
+        out.push_str(
+            "\n![Messages (S4: handshakes) per server-CPU-second and KiB per connection, per \
+             server and scenario](benchmarks.svg)\n\n",
+        );
+        out.push_str(&self.baselines());
+        out.push('\n');
+        out.push_str(rest);
         let _ = writeln!(
             out,
             "\n## Figures\n\nWritten by `cargo xtask bench{}` — {} repetitions, {} s measured per run after {} s of warm-up,\n\
@@ -853,6 +1311,91 @@ impl Report<'_> {
         out
     }
 
+    /// Palisade's ratio to the best baseline per scenario: per server-CPU-second where there
+    /// is a rate (higher is better), per connection where memory is measured (lower is better).
+    fn glance(&self) -> String {
+        let mut out = String::from(
+            "Palisade's ratio to the best baseline per scenario (medians; the best baseline's own \
+             figure in the last column).\n\n\
+             | scenario | measure | palisade-echo | palisade-secure | best baseline |\n\
+             | --- | --- | ---: | ---: | --- |\n",
+        );
+        for (sc, samples) in self.results.iter().filter(|(sc, _)| sc.id != "S4j") {
+            let rows = Self::rows(samples, sc.targets);
+            let best = Self::best(sc, &rows);
+            let (measure, b, value): (&str, _, fn(&Row) -> f64) = if sc.idle {
+                ("KiB per connection (lower is better)", best.bytes_per_conn, |r| r.bytes_per_conn)
+            } else if sc.id.starts_with("S4") {
+                ("handshakes per server-CPU-s (higher is better)", best.per_cpu, |r| r.per_cpu)
+            } else {
+                ("messages per server-CPU-s (higher is better)", best.per_cpu, |r| r.per_cpu)
+            };
+            let ratio = |t: Target| match (rows.iter().find(|r| r.target == t), b) {
+                (Some(r), Some((_, b))) => format!("{:.2}x", value(r) / b),
+                _ => "—".into(),
+            };
+            let best_cell = match b {
+                Some((t, v)) if sc.idle => format!("{}: {:.1} KiB", t.name(), v / 1024.0),
+                Some((t, v)) => format!("{}: {v:.0}", t.name()),
+                None => "none measured".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {measure} | {} | {} | {best_cell} |",
+                sc.id,
+                ratio(Target::Echo),
+                ratio(Target::Secure)
+            );
+        }
+        out
+    }
+
+    /// Each baseline, where it comes from and what its pre-check found.
+    fn baselines(&self) -> String {
+        let mut out =
+            String::from("Baselines (each one's echoes are checked before it is timed):\n\n");
+        for (t, status) in self.baselines {
+            let _ = writeln!(
+                out,
+                "- **{}**: {}; {}.",
+                t.name(),
+                baseline_source(*t),
+                status.describe()
+            );
+        }
+        let _ = writeln!(out, "- {UWS_CPP_SKIPPED}.");
+        out
+    }
+
+    /// docs/benchmarks.svg: per scenario, one bar per server — messages (S4: handshakes) per
+    /// server-CPU-second, or KiB per connection in S5 and S6.
+    fn svg(&self) -> String {
+        let panels: Vec<Panel> = self
+            .results
+            .iter()
+            .filter(|(sc, _)| sc.id != "S4j")
+            .map(|(sc, samples)| {
+                let rows = Self::rows(samples, sc.targets);
+                let (what, value): (&str, fn(&Row) -> f64) = if sc.idle {
+                    ("KiB per connection, lower is better", |r| r.bytes_per_conn / 1024.0)
+                } else if sc.id.starts_with("S4") {
+                    ("handshakes per server-CPU-second", |r| r.per_cpu)
+                } else {
+                    ("messages per server-CPU-second", |r| r.per_cpu)
+                };
+                Panel {
+                    title: format!("{} — {what}", sc.id),
+                    bars: rows
+                        .iter()
+                        .map(|r| (r.target.name().to_owned(), value(r), !r.target.is_baseline()))
+                        .collect(),
+                    decimals: if sc.idle { 1 } else { 0 },
+                }
+            })
+            .collect();
+        svg_chart(&format!("cargo xtask bench — {}", self.machine), &panels)
+    }
+
     /// The issue's targets, each with the figure from this run and whether it is met.
     fn targets(&self) -> String {
         let mut out = String::from(
@@ -869,7 +1412,7 @@ impl Report<'_> {
         for (sc, samples) in self.results {
             let rows = Self::rows(samples, sc.targets);
             let base = Self::baseline(sc, &rows);
-            for r in rows.iter().filter(|r| r.target != Target::Baseline) {
+            for r in rows.iter().filter(|r| !r.target.is_baseline()) {
                 match sc.id {
                     "S1" | "S2" | "S3" => {
                         let Some(b) = base.filter(|b| b.per_cpu > 0.0) else { continue };
@@ -956,6 +1499,12 @@ impl Report<'_> {
     fn json(&self) -> String {
         let mut out = String::from("{\n");
         let _ = writeln!(out, "  \"machine\": {:?},", self.machine);
+        let baselines: Vec<String> = self
+            .baselines
+            .iter()
+            .map(|(t, s)| format!("{{\"server\": {:?}, \"status\": {:?}}}", t.name(), s.describe()))
+            .collect();
+        let _ = writeln!(out, "  \"baselines\": [{}],", baselines.join(", "));
         let _ = writeln!(
             out,
             "  \"plan\": {{\"quick\": {}, \"reps\": {}, \"secs\": {}, \"warmup\": {}, \"idle_connections\": {}, \"held_connections\": {}, \"hold_secs\": {}}},",
@@ -1072,7 +1621,7 @@ mod tests {
             (Target::SecureRs256, sample(1000.0, None)),
         ];
         let results = vec![(sc, samples)];
-        let report = Report { plan: &plan, results: &results, machine: "test" };
+        let report = Report { plan: &plan, results: &results, machine: "test", baselines: &[] };
         let targets = report.targets();
         assert!(
             targets.contains(
@@ -1090,6 +1639,168 @@ mod tests {
         assert!(
             json.contains("\"jwks_requests_measured_max\": 1, \"jwks_requests_per_run_max\": 2}")
         );
+    }
+
+    /// A rate sample: `per_cpu` per server-CPU-second, `rate` per second.
+    fn timed(rate: f64, per_cpu: f64, errors: f64) -> Sample {
+        Sample { rate, per_cpu, errors, ..Sample::default() }
+    }
+
+    fn idle(kib: f64) -> Sample {
+        Sample { bytes_per_conn: kib * 1024.0, connections: 100.0, ..Sample::default() }
+    }
+
+    #[test]
+    fn every_scenario_but_s4j_has_every_baseline() {
+        for sc in scenarios(&parse(&[]).unwrap()) {
+            let has_all = BASELINES.iter().all(|b| sc.targets.contains(b));
+            assert_eq!(has_all, sc.id != "S4j", "{}", sc.id);
+            assert!(sc.targets.contains(&Target::Echo) || sc.id == "S4j");
+        }
+    }
+
+    #[test]
+    fn ratios_are_to_the_best_clean_baseline_and_skipped_baselines_have_no_row() {
+        let plan = parse(&[]).unwrap();
+        let mut all = scenarios(&plan).into_iter();
+        let s2 = all.find(|s| s.id == "S2").unwrap();
+        let s5 = scenarios(&plan).into_iter().find(|s| s.id == "S5").unwrap();
+        let results = vec![
+            (
+                s2,
+                vec![
+                    (Target::Echo, timed(900.0, 1800.0, 0.0)),
+                    (Target::Secure, timed(800.0, 1000.0, 0.0)),
+                    (Target::Tungstenite, timed(500.0, 1000.0, 0.0)),
+                    (Target::Fastwebsockets, timed(600.0, 2000.0, 0.0)),
+                    // More per CPU-second, but with errors: never the reference.
+                    (Target::PythonWebsockets, timed(50.0, 9000.0, 3.0)),
+                ],
+            ),
+            (
+                s5,
+                vec![
+                    (Target::Echo, idle(8.0)),
+                    (Target::Secure, idle(10.0)),
+                    (Target::Tungstenite, idle(128.0)),
+                    (Target::Fastwebsockets, idle(4.0)),
+                ],
+            ),
+        ];
+        let baselines = [
+            (Target::Tungstenite, BaselineStatus::Ready),
+            (Target::Fastwebsockets, BaselineStatus::Ready),
+            (Target::UwsNode, BaselineStatus::Skipped("`node` (Node.js) is not installed".into())),
+            (Target::PythonWebsockets, BaselineStatus::WrongAnswers("1 errors; x".into())),
+        ];
+        let report = Report { plan: &plan, results: &results, machine: "m", baselines: &baselines };
+        let table = report.table();
+        assert!(table.contains("| palisade-echo | 900 | 1800 | 0.90 | 1.50 |"), "{table}");
+        assert!(table.contains("| tungstenite | 500 | 1000 | 0.50 | 0.83 |"), "{table}");
+        assert!(table.contains("per CPU-s fastwebsockets, per s fastwebsockets."), "{table}");
+        assert!(table.contains("| palisade-echo | 100 | 8.0 | 0.0 | 2.000 | 0 |"), "{table}");
+        assert!(table.contains("fewest bytes per connection (fastwebsockets)"), "{table}");
+        assert!(!table.contains("uwebsockets.js"), "{table}");
+
+        let glance = report.glance();
+        assert!(
+            glance.contains(
+                "| S2 | messages per server-CPU-s (higher is better) | 0.90x | 0.50x | fastwebsockets: 2000 |"
+            ),
+            "{glance}"
+        );
+        assert!(
+            glance.contains(
+                "| S5 | KiB per connection (lower is better) | 2.00x | 2.50x | fastwebsockets: 4.0 KiB |"
+            ),
+            "{glance}"
+        );
+
+        // The issue's targets stay relative to tokio-tungstenite.
+        let targets = report.targets();
+        assert!(
+            targets.contains(
+                "| S2 | palisade-echo | >= 0.95x baseline msgs/server-CPU-s | 1.80x | yes |"
+            ),
+            "{targets}"
+        );
+
+        let listed = report.baselines();
+        assert!(listed.contains("- **uwebsockets.js**: "), "{listed}");
+        assert!(listed.contains("; skipped: `node` (Node.js) is not installed."), "{listed}");
+        assert!(listed.contains("; wrong answers, not timed (first: 1 errors; x)."), "{listed}");
+        assert!(listed.contains("uWebSockets (C++ example"), "{listed}");
+        assert!(report.json().contains(
+            "{\"server\": \"uwebsockets.js\", \"status\": \"skipped: `node` (Node.js) is not installed\"}"
+        ));
+
+        let md = report.markdown();
+        let glance_at = md.find("## At a glance").unwrap();
+        assert!(md.starts_with("# Benchmarks"));
+        assert!(glance_at < md.find("## How to run").unwrap(), "{md}");
+        assert!(md.contains("](benchmarks.svg)"));
+
+        let svg = report.svg();
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+        assert!(svg.contains(">S2 — messages per server-CPU-second</text>"), "{svg}");
+        assert!(svg.contains(">S5 — KiB per connection, lower is better</text>"), "{svg}");
+        assert_eq!(svg.matches("<rect x=").count(), 5 + 4, "{svg}");
+    }
+
+    #[test]
+    fn svg_bars_scale_to_each_panel_and_text_is_escaped() {
+        let panels = [Panel {
+            title: "S1 <a & b>".into(),
+            bars: vec![("palisade".into(), 50.0, true), ("base".into(), 100.0, false)],
+            decimals: 1,
+        }];
+        let svg = svg_chart("caption", &panels);
+        assert!(svg.contains("S1 &lt;a &amp; b&gt;"), "{svg}");
+        assert!(svg.contains("width=\"235.0\" height=\"14\" fill=\"#2a7f62\""), "{svg}");
+        assert!(svg.contains("width=\"470.0\" height=\"14\" fill=\"#8a96a8\""), "{svg}");
+        assert!(svg.contains(">50.0</text>") && svg.contains(">100.0</text>"), "{svg}");
+        assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn a_baseline_check_fails_on_errors_no_replies_or_no_result() {
+        let ok = r#"{"event":"result","mode":"echo","messages":10,"errors":0,"first_error":null}"#;
+        assert_eq!(wrong_answer(Some(ok)), None);
+        let hs = r#"{"event":"result","mode":"handshake","handshakes":5,"errors":0}"#;
+        assert_eq!(wrong_answer(Some(hs)), None);
+        let wrong =
+            r#"{"event":"result","messages":0,"errors":1,"first_error":"reply did not match"}"#;
+        assert_eq!(wrong_answer(Some(wrong)).as_deref(), Some("1 errors; reply did not match"));
+        let silent = r#"{"event":"result","messages":0,"errors":0,"first_error":null}"#;
+        assert_eq!(wrong_answer(Some(silent)).as_deref(), Some("no replies"));
+        assert!(wrong_answer(None).is_some());
+    }
+
+    #[test]
+    fn tool_errors_end_with_their_last_line_if_any() {
+        assert_eq!(last_line(b"warning\nerror: no venv\n\n"), ": error: no venv");
+        assert_eq!(last_line(b"  \n"), "");
+    }
+
+    #[test]
+    fn only_ready_baselines_are_timed() {
+        let env = Env {
+            bins: PathBuf::new(),
+            work: PathBuf::new(),
+            config: PathBuf::new(),
+            token: String::new(),
+            rs256: None,
+            python: None,
+            uws: None,
+            baselines: vec![
+                (Target::Tungstenite, BaselineStatus::Ready),
+                (Target::PythonWebsockets, BaselineStatus::WrongAnswers("x".into())),
+            ],
+        };
+        assert!(env.timed(Target::Echo) && env.timed(Target::SecureJwks));
+        assert!(env.timed(Target::Tungstenite));
+        assert!(!env.timed(Target::PythonWebsockets));
+        assert!(!env.timed(Target::UwsNode), "not checked: not timed");
     }
 
     #[test]
