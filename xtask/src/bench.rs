@@ -282,12 +282,8 @@ fn scenarios(plan: &Plan) -> Vec<Scenario> {
 /// Loopback source addresses for many connections (past one address's ephemeral ports).
 const SOURCES: &str = "127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4";
 
-pub(crate) fn bench(args: &[String]) -> Result<(), String> {
-    if args.iter().any(|a| a == "--restart") {
-        return crate::bench_restart::run(args);
-    }
-    let plan = parse(args)?;
-    let started = Instant::now();
+/// Builds the release `palisade` and every `palisade-bench` binary (load generator, baselines).
+pub(crate) fn build_release() -> Result<(), String> {
     let mut build = cargo();
     build.args([
         "build",
@@ -301,7 +297,16 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         "palisade-bench",
         "--bins",
     ]);
-    status(build)?;
+    status(build)
+}
+
+pub(crate) fn bench(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--restart") {
+        return crate::bench_restart::run(args);
+    }
+    let plan = parse(args)?;
+    let started = Instant::now();
+    build_release()?;
     println!("xtask bench: built in {:.0?}", started.elapsed());
     let bins = target_dir().join("release");
     let work = process::temp_dir("bench")?;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use palisade_testkit::Palisade;
 
 use crate::process;
-use crate::{cargo, root, status};
+use crate::root;
 
 pub(crate) const USAGE: &str = "\
   bench --restart [--clients N] [--new-per-sec R] [--drain-secs S]
@@ -139,21 +139,7 @@ impl Outcome {
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let plan = parse(args)?;
     let started = Instant::now();
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "palisade-server",
-        "--bin",
-        "palisade",
-        "--package",
-        "palisade-bench",
-        "--bin",
-        "palisade-load",
-    ]);
-    status(build)?;
+    crate::bench::build_release()?;
     let bins = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or(root().join("target"))
