@@ -296,6 +296,7 @@
     renderPairs("auth-outcomes", m.auth_by_outcome);
     renderSessions(snapshot.sessions || [], snapshot.sessions_total || 0, snapshot.time_ms);
     renderBans(snapshot.bans || [], snapshot.bans_total || 0);
+    renderChannels(snapshot.channels || [], snapshot.channels_total || 0);
     previous = snapshot;
   }
 
@@ -306,7 +307,7 @@
       el.textContent = "–";
       delete el.dataset.value;
     }
-    for (const id of ["endpoints-body", "sessions-body", "bans-body", "refused-by-reason",
+    for (const id of ["endpoints-body", "sessions-body", "bans-body", "channels-body", "refused-by-reason",
       "errors-by-kind", "closes-sent", "closes-received", "auth-outcomes"]) {
       $(id).replaceChildren();
     }
@@ -314,6 +315,7 @@
     banRows.clear();
     $("sessions-shown").textContent = "";
     $("bans-shown").textContent = "";
+    $("channels-shown").textContent = "";
     $("last-update").textContent = "never";
     drawCharts(Date.now());
   }
@@ -344,6 +346,24 @@
       return tr;
     });
     $("endpoints-body").replaceChildren(...rows);
+  }
+
+  // The busiest channels, most subscribers first (the server orders and caps the list).
+  function renderChannels(list, total) {
+    const rows = list.map((c) => {
+      const tr = document.createElement("tr");
+      tr.dataset.testid = "channel-row";
+      tr.dataset.channel = c.channel;
+      tr.append(
+        cell(c.channel, "channel-name"),
+        cell(integer(c.subscribers), "channel-subscribers"),
+        cell(integer(c.users)),
+        cell(integer(c.publications), "channel-publications"),
+      );
+      return tr;
+    });
+    $("channels-body").replaceChildren(...rows);
+    $("channels-shown").textContent = total > list.length ? `(top ${list.length} of ${total})` : `(${total})`;
   }
 
   function bytesRate(n) {

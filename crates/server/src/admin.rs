@@ -112,6 +112,11 @@ fn router(state: AdminState) -> Router {
         .route("/channels", get(crate::channels::admin::list))
         .route("/channels/{channel}/publish", post(crate::channels::admin::publish))
         .route("/channels/{channel}/presence", get(crate::channels::admin::presence))
+        .route("/channels/{channel}", delete(crate::channels::admin::close))
+        .route(
+            "/channels/{channel}/subscribers/{user_id}",
+            delete(crate::channels::admin::unsubscribe_user),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::admin_calls));
     Router::new()

@@ -38,6 +38,9 @@ pub(crate) const FEED_MAX_SESSIONS: usize = 200;
 /// Bans sent per snapshot at most (the longest remaining); `bans_total` gives the full count.
 pub(crate) const FEED_MAX_BANS: usize = 200;
 
+/// Channels sent per snapshot at most (the most subscribers); `channels_total` gives the count.
+pub(crate) const FEED_MAX_CHANNELS: usize = 5;
+
 /// Feeds open at the same time; one more is answered 503.
 pub(crate) const FEED_MAX_CLIENTS: usize = 16;
 
@@ -98,6 +101,10 @@ struct Snapshot<'a> {
     /// Active bans, longest remaining first.
     bans: &'a [BanEntry],
     bans_total: usize,
+    /// The busiest channels: most subscribers first, with their publication counts.
+    channels: &'a [crate::channels::hub::BusyChannel],
+    /// Active channels on this node, also those not listed.
+    channels_total: usize,
 }
 
 #[derive(Serialize)]
@@ -186,6 +193,7 @@ fn snapshot_event(state: &AdminState, seq: u64) -> Event {
     let bans_total = bans.len();
     bans.sort_by(|a, b| b.remaining_secs.cmp(&a.remaining_secs).then(a.ip.cmp(&b.ip)));
     bans.truncate(FEED_MAX_BANS);
+    let (channels, channels_total) = state.channels.busiest(FEED_MAX_CHANNELS);
     let snapshot = Snapshot {
         time_ms: unix_millis(),
         metrics: &metrics,
@@ -193,6 +201,8 @@ fn snapshot_event(state: &AdminState, seq: u64) -> Event {
         sessions_total,
         bans: &bans,
         bans_total,
+        channels: &channels,
+        channels_total,
     };
     let event = Event::default().event("snapshot").id(seq.to_string());
     match event.json_data(&snapshot) {

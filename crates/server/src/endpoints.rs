@@ -541,7 +541,13 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
 
     fn on_push(&mut self, msg: Message) -> Message {
         match &self.v1 {
-            Some(_) => crate::channels::unmark(msg).unwrap_or_else(v1::wrap_reply),
+            Some(_) => match crate::channels::unmark(msg) {
+                Ok(channel_push) => {
+                    self.channels_pushed(&channel_push);
+                    channel_push
+                }
+                Err(app_push) => v1::wrap_reply(app_push),
+            },
             None => msg,
         }
     }

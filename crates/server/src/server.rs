@@ -100,6 +100,7 @@ impl Server {
             false => None,
         };
         spawn_pruning(&parts.firewall, &parts.metrics, &tasks);
+        spawn_channel_sweep(&parts.state.channels, &tasks);
         Ok(Server {
             echo_addr,
             secure_addr,
@@ -415,6 +416,36 @@ fn spawn_pruning(firewall: &Firewall, metrics: &Metrics, tasks: &Tasks) {
             }
         }
     });
+}
+
+/// Channel history older than `channels.history_ttl_secs` is also dropped when its channel is
+/// next used; this sweep returns it for idle channels too, at most one TTL (capped to 1 to 10 s)
+/// after it expired. No task without a TTL or without history.
+fn spawn_channel_sweep(hub: &Arc<crate::channels::Hub>, tasks: &Tasks) {
+    let Some(ttl) = hub.settings.history_ttl.filter(|_| hub.settings.history_size > 0) else {
+        return;
+    };
+    let (hub, stop) = (hub.clone(), tasks.shutdown.clone());
+    tasks.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(channel_sweep_period(ttl));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let freed = hub.sweep(Instant::now());
+                    if freed > 0 {
+                        tracing::debug!(bytes = freed, "expired channel history swept");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// How often [`spawn_channel_sweep`] runs for a history TTL.
+fn channel_sweep_period(ttl: Duration) -> Duration {
+    ttl.clamp(Duration::from_secs(1), Duration::from_secs(10))
 }
 
 /// The listener handed over by socket activation or an upgrade (named `name`), else a new one.

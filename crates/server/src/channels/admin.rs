@@ -1,4 +1,5 @@
-//! Admin handlers for channels (routed in `admin::router`): server-side publish, the active channels, a channel's presence.
+//! Admin handlers for channels (routed in `admin::router`): server-side publish, the active
+//! channels, a channel's presence, ending a user's subscriptions and closing a channel.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -70,4 +71,59 @@ pub(crate) async fn presence(
     }
     let users = state.channels.presence(&channel);
     Json(Presence { channel, users }).into_response()
+}
+
+#[derive(Serialize)]
+struct UserUnsubscribed<'a> {
+    channel: &'a str,
+    user_id: &'a str,
+    unsubscribed: usize,
+}
+
+/// `DELETE /channels/{channel}/subscribers/{user_id}`: every session of the user subscribed to
+/// the channel gets `unsubscribed` with `permission_revoked`. 404 when it had none.
+pub(crate) async fn unsubscribe_user(
+    State(state): State<AdminState>,
+    Path((channel, user_id)): Path<(String, String)>,
+) -> Response {
+    if let Err(detail) = super::grants::validate_channel(&channel) {
+        return (StatusCode::BAD_REQUEST, format!("bad channel: {detail}\n")).into_response();
+    }
+    let hub = &state.channels;
+    let n = hub.unsubscribe_user(&channel, &user_id, "permission_revoked");
+    if n == 0 {
+        return (StatusCode::NOT_FOUND, "no subscription of that user to that channel\n")
+            .into_response();
+    }
+    for _ in 0..n {
+        hub.stats.denied("permission_revoked");
+    }
+    tracing::info!(endpoint = "admin", channel = %channel, user_id = %user_id, unsubscribed = n, "channel subscriptions ended by admin");
+    Json(UserUnsubscribed { channel: &channel, user_id: &user_id, unsubscribed: n }).into_response()
+}
+
+#[derive(Serialize)]
+struct ChannelClosed<'a> {
+    channel: &'a str,
+    #[serde(flatten)]
+    closed: super::hub::Closed,
+}
+
+/// `DELETE /channels/{channel}`: every subscription ends with `channel_closed` and the history
+/// is dropped (a new epoch when the channel is next used). 404 when the channel is not active.
+pub(crate) async fn close(
+    State(state): State<AdminState>,
+    Path(channel): Path<String>,
+) -> Response {
+    if let Err(detail) = super::grants::validate_channel(&channel) {
+        return (StatusCode::BAD_REQUEST, format!("bad channel: {detail}\n")).into_response();
+    }
+    match state.channels.close(&channel) {
+        Some(closed) => {
+            tracing::info!(endpoint = "admin", channel = %channel, unsubscribed = closed.unsubscribed, history_dropped = closed.history_dropped, "channel closed by admin");
+            Json(ChannelClosed { channel: &channel, closed }).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such channel (no subscribers and no history)\n")
+            .into_response(),
+    }
 }

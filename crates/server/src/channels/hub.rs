@@ -135,6 +135,25 @@ pub(crate) struct ChannelRow {
     pub(crate) history: usize,
 }
 
+/// One of the busiest channels, for the dashboard feed.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BusyChannel {
+    pub(crate) channel: String,
+    pub(crate) subscribers: usize,
+    pub(crate) users: usize,
+    /// Publications in the channel's current epoch (its offset).
+    pub(crate) publications: u64,
+}
+
+/// What closing a channel ended.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed {
+    /// Subscriptions ended with `channel_closed`.
+    pub(crate) unsubscribed: usize,
+    /// Publications of its history dropped.
+    pub(crate) history_dropped: usize,
+}
+
 /// One user of a channel's presence.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PresenceRow {
@@ -197,7 +216,7 @@ impl Hub {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let ch = inner.channels.entry(channel.to_owned()).or_insert_with(Channel::new);
-        inner.history_bytes -= expire(ch, self.settings.history_ttl);
+        inner.history_bytes -= expire(ch, self.settings.history_ttl, Instant::now());
         let (recovered, publications) = match since {
             None => (false, Vec::new()),
             Some(p) if p.epoch != ch.epoch || p.offset > ch.offset => (false, Vec::new()),
@@ -275,7 +294,7 @@ impl Hub {
         user_id: Option<&str>,
     ) -> (u64, usize) {
         let ch = inner.channels.entry(channel.to_owned()).or_insert_with(Channel::new);
-        inner.history_bytes -= expire(ch, self.settings.history_ttl);
+        inner.history_bytes -= expire(ch, self.settings.history_ttl, Instant::now());
         ch.offset += 1;
         let offset = ch.offset;
         let env = Publication {
@@ -326,7 +345,7 @@ impl Hub {
             // Nothing held; the epoch of a channel created now and gone at once.
             return (random_epoch(), Vec::new());
         };
-        inner.history_bytes -= expire(ch, self.settings.history_ttl);
+        inner.history_bytes -= expire(ch, self.settings.history_ttl, Instant::now());
         let skip = ch.history.len().saturating_sub(limit);
         let list = ch.history.iter().skip(skip).map(|h| h.json.clone()).collect();
         let epoch = ch.epoch.clone();
@@ -370,6 +389,100 @@ impl Hub {
         rows
     }
 
+    /// The `limit` channels with the most subscribers (then the most publications, then by
+    /// name), and how many channels are active.
+    pub(crate) fn busiest(&self, limit: usize) -> (Vec<BusyChannel>, usize) {
+        let inner = self.lock();
+        let mut rows: Vec<BusyChannel> = inner
+            .channels
+            .iter()
+            .map(|(name, ch)| BusyChannel {
+                channel: name.clone(),
+                subscribers: ch.subscribers.len(),
+                users: ch.users.len(),
+                publications: ch.offset,
+            })
+            .collect();
+        let total = rows.len();
+        let order = |a: &BusyChannel, b: &BusyChannel| {
+            b.subscribers
+                .cmp(&a.subscribers)
+                .then(b.publications.cmp(&a.publications))
+                .then_with(|| a.channel.cmp(&b.channel))
+        };
+        if rows.len() > limit && limit > 0 {
+            rows.select_nth_unstable_by(limit - 1, order);
+        }
+        rows.truncate(limit);
+        rows.sort_by(order);
+        (rows, total)
+    }
+
+    /// Whether subscriber `sub` holds a subscription to `channel`.
+    pub(crate) fn is_subscribed(&self, channel: &str, sub: u64) -> bool {
+        self.lock().channels.get(channel).is_some_and(|ch| ch.subscribers.contains_key(&sub))
+    }
+
+    /// Ends every subscription of `user_id` to `channel`: each session gets `unsubscribed`
+    /// with `reason` and no further publication. Returns how many ended.
+    pub(crate) fn unsubscribe_user(&self, channel: &str, user_id: &str, reason: &str) -> usize {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(ch) = inner.channels.get_mut(channel) else { return 0 };
+        let subs: Vec<u64> = ch
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.user_id == user_id)
+            .map(|(id, _)| *id)
+            .collect();
+        if subs.is_empty() {
+            return 0;
+        }
+        let notice = unsubscribed_push(channel, reason);
+        for id in &subs {
+            if let Some(s) = ch.subscribers.remove(id) {
+                let _ = s.handle.send(Message::Text(notice.clone()));
+            }
+        }
+        ch.users.remove(user_id);
+        if self.settings.presence_events {
+            let data = presence_data("leave", user_id);
+            self.publish_locked(inner, channel, &data, Some(user_id));
+        }
+        if inner.channels.get(channel).is_some_and(Channel::is_idle) {
+            inner.channels.remove(channel);
+        }
+        subs.len()
+    }
+
+    /// Closes a channel: every subscription ends with `channel_closed` and its history is
+    /// dropped, so the channel starts a new epoch when next used. `None` when it was not active.
+    pub(crate) fn close(&self, channel: &str) -> Option<Closed> {
+        let mut inner = self.lock();
+        let ch = inner.channels.remove(channel)?;
+        inner.history_bytes -= ch.history_bytes;
+        let notice = unsubscribed_push(channel, "channel_closed");
+        for s in ch.subscribers.values() {
+            let _ = s.handle.send(Message::Text(notice.clone()));
+        }
+        Some(Closed { unsubscribed: ch.subscribers.len(), history_dropped: ch.history.len() })
+    }
+
+    /// Drops every publication older than `channels.history_ttl_secs` at `now`, in every
+    /// channel, and forgets channels left with neither subscribers nor history. Returns the
+    /// bytes freed. The work is one look at each channel plus one per publication dropped.
+    pub(crate) fn sweep(&self, now: Instant) -> usize {
+        let Some(ttl) = self.settings.history_ttl else { return 0 };
+        let mut inner = self.lock();
+        let mut freed = 0;
+        inner.channels.retain(|_, ch| {
+            freed += expire(ch, Some(ttl), now);
+            !ch.is_idle()
+        });
+        inner.history_bytes -= freed;
+        freed
+    }
+
     /// Channels and subscriptions, for the gauges.
     pub(crate) fn totals(&self) -> (usize, usize, usize) {
         let inner = self.lock();
@@ -378,11 +491,11 @@ impl Hub {
     }
 }
 
-/// Drops a channel's publications older than the TTL; returns the bytes freed.
-fn expire(ch: &mut Channel, ttl: Option<Duration>) -> usize {
+/// Drops a channel's publications older than the TTL at `now`; returns the bytes freed.
+fn expire(ch: &mut Channel, ttl: Option<Duration>, now: Instant) -> usize {
     let Some(ttl) = ttl else { return 0 };
     let mut freed = 0;
-    while ch.history.front().is_some_and(|h| h.at.elapsed() > ttl) {
+    while ch.history.front().is_some_and(|h| now.saturating_duration_since(h.at) > ttl) {
         if let Some(old) = ch.history.pop_front() {
             freed += old.json.len();
         }
@@ -391,7 +504,112 @@ fn expire(ch: &mut Channel, ttl: Option<Duration>) -> usize {
     freed
 }
 
+/// The marked `unsubscribed` push for `channel` (see `endpoints::channels`, which forgets the
+/// subscription when it sends it).
+fn unsubscribed_push(channel: &str, reason: &str) -> String {
+    super::mark(&super::unsubscribed_text(channel, None, reason))
+}
+
 fn presence_data(event: &str, user_id: &str) -> Box<RawValue> {
     let text = serde_json::json!({ "presence": event, "user_id": user_id }).to_string();
     RawValue::from_string(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(history_size: usize, ttl_secs: u64) -> Hub {
+        let config = ChannelsConfig {
+            history_size,
+            history_ttl_secs: ttl_secs,
+            ..ChannelsConfig::default()
+        };
+        Hub::new(HubSettings::new(&config, 64 * 1024))
+    }
+
+    fn data(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("JSON")
+    }
+
+    #[test]
+    fn the_sweep_drops_expired_history_of_idle_channels_and_forgets_them() {
+        let hub = hub(10, 60);
+        hub.publish("idle", &data("1"), None);
+        let epoch = hub.history("idle", 10).0;
+        hub.publish("idle", &data("2"), None);
+        hub.publish("other", &data("\"x\""), None);
+        let (channels, _, bytes) = hub.totals();
+        assert_eq!(channels, 2);
+        assert!(bytes > 0);
+        // Before the TTL nothing goes.
+        assert_eq!(hub.sweep(Instant::now() + Duration::from_secs(30)), 0);
+        assert_eq!(hub.list().iter().map(|r| r.history).collect::<Vec<_>>(), [2, 1]);
+        // After it, everything held goes, and with it the channels, so memory is returned
+        // without the channels being used again.
+        let freed = hub.sweep(Instant::now() + Duration::from_secs(61));
+        assert_eq!(freed, bytes);
+        assert_eq!(hub.totals(), (0, 0, 0));
+        assert!(hub.list().is_empty());
+        // Used again: a new epoch, offsets from 1.
+        let (offset, _) = hub.publish("idle", &data("3"), None);
+        assert_eq!(offset, 1);
+        assert_ne!(hub.history("idle", 10).0, epoch);
+    }
+
+    #[test]
+    fn the_sweep_keeps_what_is_newer_than_the_ttl_and_does_nothing_without_one() {
+        let hub = hub(10, 60);
+        hub.publish("a", &data("1"), None);
+        let later = Instant::now() + Duration::from_secs(61);
+        // Published "later" by the clock the sweep is given: only the first is expired.
+        {
+            let mut inner = hub.lock();
+            let ch = inner.channels.get_mut("a").expect("channel");
+            ch.history.push_back(Held { offset: 2, at: later, json: "{}".into() });
+            ch.history_bytes += 2;
+            ch.offset = 2;
+            inner.history_bytes += 2;
+        }
+        hub.sweep(later + Duration::from_secs(1));
+        let rows = hub.list();
+        assert_eq!((rows.len(), rows[0].history), (1, 1));
+        assert_eq!(hub.totals().2, 2);
+
+        let forever = self::hub(10, 0);
+        forever.publish("a", &data("1"), None);
+        assert_eq!(forever.sweep(Instant::now() + Duration::from_secs(1_000_000)), 0);
+        assert_eq!(forever.list()[0].history, 1);
+    }
+
+    #[test]
+    fn closing_a_channel_drops_its_history_and_its_epoch() {
+        let hub = hub(10, 0);
+        hub.publish("c", &data("1"), None);
+        hub.publish("c", &data("2"), None);
+        let epoch = hub.list()[0].epoch.clone();
+        assert_eq!(hub.close("c"), Some(Closed { unsubscribed: 0, history_dropped: 2 }));
+        assert_eq!(hub.totals(), (0, 0, 0));
+        assert_eq!(hub.close("c"), None);
+        assert_eq!(hub.publish("c", &data("3"), None).0, 1);
+        assert_ne!(hub.list()[0].epoch, epoch);
+        assert_eq!(hub.unsubscribe_user("c", "42", "permission_revoked"), 0);
+    }
+
+    #[test]
+    fn the_busiest_channels_are_ordered_and_capped() {
+        let hub = hub(10, 0);
+        for (name, n) in [("a", 1), ("b", 3), ("c", 2), ("d", 3)] {
+            for _ in 0..n {
+                hub.publish(name, &data("0"), None);
+            }
+        }
+        let (rows, total) = hub.busiest(3);
+        assert_eq!(total, 4);
+        let names: Vec<(&str, u64)> =
+            rows.iter().map(|r| (r.channel.as_str(), r.publications)).collect();
+        assert_eq!(names, [("b", 3), ("d", 3), ("c", 2)]);
+        assert_eq!(hub.busiest(0).0, []);
+        assert_eq!(hub.busiest(10).0.len(), 4);
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`grants`]: channel names, patterns (`chat:*`, `user:{user_id}`) and rights.
 //! - [`hub`]: the channels themselves: offsets, subscribers, fan-out, history, presence.
-//! - [`admin`]: `POST /channels/{channel}/publish`, `GET /channels`, `GET /channels/{channel}/presence`.
+//! - [`admin`]: `POST /channels/{channel}/publish`, `GET /channels`, `GET /channels/{channel}/presence`,
+//!   `DELETE /channels/{channel}` and `DELETE /channels/{channel}/subscribers/{user_id}`.
 //!
 //! The connection side (requests, replies, re-checks on refresh) is `endpoints/channels.rs`.
 
@@ -313,10 +314,30 @@ pub(crate) fn subscribed_reply(channel: &str, id: Option<&Value>, s: &hub::Subsc
 
 /// `{"type":"unsubscribed",..}`.
 pub(crate) fn unsubscribed_reply(channel: &str, id: Option<&Value>, reason: &str) -> Message {
+    Message::Text(unsubscribed_text(channel, id, reason))
+}
+
+/// The text of [`unsubscribed_reply`].
+pub(crate) fn unsubscribed_text(channel: &str, id: Option<&Value>, reason: &str) -> String {
     let mut out = format!("{{\"type\":\"unsubscribed\",\"channel\":{}", json_str(channel));
     put_id(&mut out, id);
     out.push_str(&format!(",\"reason\":{}}}", json_str(reason)));
-    Message::Text(out)
+    out
+}
+
+/// The channel of an `unsubscribed` push made by the hub (an admin call ended the
+/// subscription), so the connection can forget it; `None` for any other push.
+pub(crate) fn unsubscribed_channel(msg: &Message) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Notice {
+        channel: String,
+    }
+    match msg {
+        Message::Text(t) if t.starts_with("{\"type\":\"unsubscribed\",") => {
+            serde_json::from_str::<Notice>(t).ok().map(|n| n.channel)
+        }
+        _ => None,
+    }
 }
 
 /// `{"type":"ok","id":..,"offset":..}`.
@@ -463,5 +484,13 @@ mod tests {
         assert_eq!(unmark(marked), Ok(Message::Text(r#"{"type":"publication"}"#.into())));
         let plain = Message::Text(r#"{"type":"publication"}"#.into());
         assert_eq!(unmark(plain.clone()), Err(plain));
+    }
+
+    #[test]
+    fn unsubscribed_pushes_name_their_channel() {
+        let notice = unsubscribed_reply("chat:a", None, "channel_closed");
+        assert_eq!(unsubscribed_channel(&notice).as_deref(), Some("chat:a"));
+        let publication = Message::Text(r#"{"type":"publication","channel":"chat:a"}"#.into());
+        assert_eq!(unsubscribed_channel(&publication), None);
     }
 }

@@ -47,9 +47,14 @@ fn script_inserts_values_as_text_only() {
 
 #[test]
 fn page_carries_the_stable_test_ids() {
-    for id in
-        ["connections-open", "messages-in-total", "errors-total", "sessions-active", "bans-active"]
-    {
+    for id in [
+        "connections-open",
+        "messages-in-total",
+        "errors-total",
+        "sessions-active",
+        "bans-active",
+        "channels-table",
+    ] {
         assert!(PAGE.contains(&format!(r#"data-testid="{id}""#)), "page lacks data-testid {id}");
     }
 }

@@ -1,6 +1,6 @@
 //! The connection side of channels (crate::channels): a session's grants, its subscriptions,
-//! its channel requests and their replies, the re-check of every subscription on `refresh`, and
-//! the clean-up when the connection ends.
+//! its channel requests and their replies, the re-check of every subscription on `refresh`, the
+//! subscriptions ended by the admin API, and the clean-up when the connection ends.
 
 use std::collections::BTreeSet;
 
@@ -169,12 +169,27 @@ impl<H: Handler> Conn<H> {
             .collect();
         for channel in revoked {
             self.channels.subs.remove(&channel);
-            self.state.channels.unsubscribe(&channel, self.channels.sub);
+            if !self.state.channels.unsubscribe(&channel, self.channels.sub) {
+                // Already ended by an admin call, whose `unsubscribed` is on its way.
+                continue;
+            }
             self.state.channels.stats.denied("permission_revoked");
             tracing::info!(conn = %self.peer.conn.id, endpoint = self.kind.name(), channel = %channel, "subscription ended: permission revoked at refresh");
             ctx.send(channels::unsubscribed_reply(&channel, None, "permission_revoked"))?;
         }
         Ok(())
+    }
+
+    /// A channel push is being queued: when it is an `unsubscribed` from the hub (an admin call
+    /// ended the subscription), forget the subscription, unless the client has subscribed again
+    /// since (the hub decides).
+    pub(super) fn channels_pushed(&mut self, msg: &palisade_transport::Message) {
+        if let Some(channel) = channels::unsubscribed_channel(msg)
+            && self.channels.subs.contains(&channel)
+            && !self.state.channels.is_subscribed(&channel, self.channels.sub)
+        {
+            self.channels.subs.remove(&channel);
+        }
     }
 
     /// The connection has ended: leave every channel.

@@ -393,6 +393,79 @@ async fn feed_refuses_clients_beyond_sixteen() {
     .await;
 }
 
+/// The feed lists the five channels with the most subscribers, with their publication counts
+/// (read from the JSON snapshot; no browser needed).
+#[tokio::test]
+async fn feed_lists_the_busiest_channels() {
+    bounded(async {
+        let server = Server::start(
+            "channels.public = [\"room:*\"]\nfirewall.handshakes_per_sec_per_ip = 0\nfirewall.max_connections_per_ip = 100",
+        );
+        // room:0 has 1 subscriber, room:1 2, ..., room:5 6: 21 sessions, six channels.
+        let mut sessions = Vec::new();
+        for room in 0..6 {
+            for n in 0..=room {
+                let mut ws = v1_session(&server, &format!("u{room}-{n}")).await;
+                v1_round_trip(
+                    &mut ws,
+                    &serde_json::json!({"type": "subscribe", "channel": format!("room:{room}"), "id": 1}),
+                    "subscribed",
+                )
+                .await;
+                sessions.push(ws);
+            }
+        }
+        for _ in 0..3 {
+            let published = http(server.admin, "POST", "/channels/room:2/publish", &[], "1").await;
+            assert_eq!(published.status, 200, "{published:?}");
+        }
+        let (_feed, event) = open_feed(server.admin, None).await;
+        assert_eq!(event["channels_total"], 6, "{event}");
+        let rows: Vec<(String, u64, u64)> = event["channels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no channels in {event}"))
+            .iter()
+            .map(|c| {
+                let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {c}"));
+                (c["channel"].as_str().expect("name").to_owned(), n("subscribers"), n("publications"))
+            })
+            .collect();
+        let want: Vec<(String, u64, u64)> = [(5, 6, 0), (4, 5, 0), (3, 4, 0), (2, 3, 3), (1, 2, 0)]
+            .into_iter()
+            .map(|(room, subs, pubs)| (format!("room:{room}"), subs, pubs))
+            .collect();
+        assert_eq!(rows, want);
+        assert_eq!(event["channels"][0]["users"], 6);
+        for mut ws in sessions {
+            let _ = ws.send(Message::Close(None)).await;
+        }
+    })
+    .await;
+}
+
+// ---- helpers ----
+
+/// A `palisade.v1` session of `user_id` on the secure endpoint.
+async fn v1_session(server: &Server, user_id: &str) -> crate::support::Ws {
+    let mut ws =
+        crate::support::connect_with(server.secure, &[("Sec-WebSocket-Protocol", "palisade.v1")])
+            .await
+            .expect("connect with palisade.v1");
+    let auth = serde_json::json!({"type": "auth", "token": server.token(user_id, 600)});
+    v1_round_trip(&mut ws, &auth, "authenticated").await;
+    ws
+}
+
+/// Sends an envelope and expects the next one to be of type `kind`.
+async fn v1_round_trip(ws: &mut crate::support::Ws, envelope: &serde_json::Value, kind: &str) {
+    send_text(ws, &envelope.to_string()).await;
+    let reply = match crate::support::next_message(ws).await {
+        Message::Text(t) => serde_json::from_str::<serde_json::Value>(&t).expect("an envelope"),
+        other => panic!("expected a {kind} envelope, got {other:?}"),
+    };
+    assert_eq!(reply["type"], kind, "{reply}");
+}
+
 // ---- helpers ----
 
 /// Runs one test body under the browser lock and [`TEST_LIMIT`].

@@ -1,6 +1,8 @@
 //! Channels over `palisade.v1` (docs/subprotocol.md#channels), against the real binary: grants
 //! from the token, public channels, revocation at refresh, history and recovery, epochs across
-//! restarts, presence, fan-out to many subscribers, typed refusals and the admin API.
+//! restarts, presence, fan-out to many subscribers, typed refusals, the admin API (publish,
+//! ending a user's subscriptions, closing a channel), the history TTL sweep, and the
+//! application's `authorize_*` hooks in a server started in-process.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use super::bounded;
 use super::v1::{
     self, Frame, connect_v1, expect_type, http, next_within, round_trip, send, send_raw,
 };
-use crate::support::{SECRET, STEP, Server, Ws, mint, now};
+use crate::support::{SECRET, STEP, Server, Ws, metric, mint, now, toml_path};
 
 /// A token for `user_id` with `grants` as its `channels` claim (none when null).
 fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
@@ -466,6 +468,253 @@ async fn bad_channel_envelopes_get_typed_errors_and_the_connection_stays() {
             "authentication required",
         )
         .await;
+    })
+    .await;
+}
+
+/// The next envelope is `unsubscribed` from `channel` with `reason`, without an `id`.
+async fn ended(ws: &mut Ws, channel: &str, reason: &str) {
+    let un = expect_type(ws, "unsubscribed").await;
+    assert_eq!((&un["channel"], &un["reason"]), (&json!(channel), &json!(reason)), "{un}");
+    assert!(un.get("id").is_none(), "not the answer to a request: {un}");
+}
+
+/// An admin call answering JSON with `status`.
+async fn admin_json(server: &Server, method: &str, path: &str, status: u16) -> Value {
+    let (got, body) = http(server.admin, method, path, "").await;
+    assert_eq!(got, status, "{method} {path}: {body}");
+    serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn the_admin_api_ends_a_users_subscriptions_with_permission_revoked() {
+    bounded(30, async {
+        let builder = Server::builder();
+        let audit_file = builder.dir().join("audit.log");
+        let mut server = builder
+            .set("audit.file", toml_path(&audit_file))
+            .overrides("channels.max_subscriptions_per_session = 2\nlimits.drain_timeout_secs = 2")
+            .start();
+        let grants = json!({"chat:*": all_rights()});
+        let mut a1 = login(&server, "alice", grants.clone()).await;
+        let mut a2 = login(&server, "alice", grants.clone()).await;
+        let mut b = login(&server, "bob", grants.clone()).await;
+        for ws in [&mut a1, &mut a2, &mut b] {
+            subscribe(ws, "chat:x").await;
+        }
+        subscribe(&mut a1, "chat:y").await;
+
+        let answer = admin_json(&server, "DELETE", "/channels/chat:x/subscribers/alice", 200).await;
+        assert_eq!(answer, json!({"channel": "chat:x", "user_id": "alice", "unsubscribed": 2}));
+        for ws in [&mut a1, &mut a2] {
+            ended(ws, "chat:x", "permission_revoked").await;
+        }
+        let (status, body) = http(server.admin, "POST", "/channels/chat:x/publish", "1").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON")["delivered"], 1);
+        assert_eq!(publication(&mut b, "chat:x").await["data"], 1);
+        // Alice's other subscription goes on.
+        http(server.admin, "POST", "/channels/chat:y/publish", "2").await;
+        assert_eq!(publication(&mut a1, "chat:y").await["data"], 2);
+        nothing_pending(&mut a1).await;
+        nothing_pending(&mut a2).await;
+        let presence = admin_json(&server, "GET", "/channels/chat:x/presence", 200).await;
+        assert_eq!(presence["users"], json!([{"user_id": "bob", "sessions": 1}]));
+        // Nothing left to end: 404.
+        let (status, _) =
+            http(server.admin, "DELETE", "/channels/chat:x/subscribers/alice", "").await;
+        assert_eq!(status, 404);
+        let (status, _) =
+            http(server.admin, "DELETE", "/channels/a%20b/subscribers/alice", "").await;
+        assert_eq!(status, 400);
+        // The connection forgot the subscription: with a limit of 2 it can take another channel,
+        // and the token (unchanged) still lets it subscribe again.
+        subscribe(&mut a1, "chat:z").await;
+        let detail = refused(
+            &mut a1,
+            json!({"type": "subscribe", "channel": "chat:x", "id": 3}),
+            "too_many_subscriptions",
+        )
+        .await;
+        assert!(detail.contains("2"), "{detail}");
+        subscribe(&mut a2, "chat:x").await;
+        http(server.admin, "POST", "/channels/chat:x/publish", "3").await;
+        assert_eq!(publication(&mut a2, "chat:x").await["data"], 3);
+        assert_eq!(publication(&mut b, "chat:x").await["data"], 3);
+        let (_, metrics) = http(server.admin, "GET", "/metrics", "").await;
+        assert_eq!(
+            metric(&metrics, "palisade_channel_denials_total{reason=\"permission_revoked\"}"),
+            Some(2.0),
+            "{metrics}"
+        );
+        // Audited like every admin call (the file is complete once the server has exited).
+        drop((a1, a2, b));
+        server.terminate();
+        assert!(server.wait_exit(STEP).success());
+        let audit = std::fs::read_to_string(&audit_file).expect("audit file");
+        let call = audit
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("audit JSON"))
+            .find(|r| {
+                r["event"] == "admin_call" && r["path"] == "/channels/chat:x/subscribers/alice"
+            })
+            .unwrap_or_else(|| panic!("no admin_call record in:\n{audit}"));
+        assert_eq!((&call["method"], &call["status"]), (&json!("DELETE"), &json!(200)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closing_a_channel_ends_every_subscription_and_starts_a_new_epoch() {
+    bounded(30, async {
+        let server =
+            Server::start("channels.history_size = 10\nchannels.max_subscriptions_per_session = 1");
+        let grants = json!({"chat:*": all_rights()});
+        let mut a = login(&server, "a", grants.clone()).await;
+        let mut b = login(&server, "b", grants.clone()).await;
+        let epoch = subscribe(&mut a, "chat:c").await["epoch"].clone();
+        subscribe(&mut b, "chat:c").await;
+        for n in 1..=2 {
+            publish(&mut a, "chat:c", json!(n)).await;
+            for ws in [&mut a, &mut b] {
+                assert_eq!(publication(ws, "chat:c").await["offset"], n);
+            }
+        }
+        let answer = admin_json(&server, "DELETE", "/channels/chat:c", 200).await;
+        assert_eq!(
+            answer,
+            json!({"channel": "chat:c", "unsubscribed": 2, "history_dropped": 2})
+        );
+        for ws in [&mut a, &mut b] {
+            ended(ws, "chat:c", "channel_closed").await;
+        }
+        assert_eq!(admin_json(&server, "GET", "/channels", 200).await, json!([]));
+        let (_, metrics) = http(server.admin, "GET", "/metrics", "").await;
+        assert_eq!(metric(&metrics, "palisade_channel_history_bytes"), Some(0.0), "{metrics}");
+        // The history is gone with the epoch: a recovery is not possible.
+        let req = json!({"type": "subscribe", "channel": "chat:c", "id": 4, "since": {"epoch": epoch, "offset": 2}});
+        let sub = ask(&mut a, req, "subscribed").await;
+        assert_eq!((&sub["recovered"], &sub["offset"]), (&json!(false), &json!(0)));
+        assert_ne!(sub["epoch"], epoch);
+        // b's connection forgot the closed subscription (its limit is 1).
+        subscribe(&mut b, "chat:d").await;
+        publish(&mut b, "chat:c", json!("new")).await;
+        assert_eq!(publication(&mut a, "chat:c").await["offset"], 1);
+        nothing_pending(&mut b).await;
+        let (status, _) = http(server.admin, "DELETE", "/channels/chat:none", "").await;
+        assert_eq!(status, 404);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_past_its_ttl_is_swept_from_idle_channels() {
+    bounded(30, async {
+        let server = Server::start("channels.history_size = 10\nchannels.history_ttl_secs = 1");
+        for n in 1..=3 {
+            let (status, _) =
+                http(server.admin, "POST", "/channels/idle/publish", &n.to_string()).await;
+            assert_eq!(status, 200);
+        }
+        let rows = admin_json(&server, "GET", "/channels", 200).await;
+        assert_eq!(rows[0]["history"], 3, "{rows}");
+        // Nobody uses the channel again; the sweep alone returns its memory.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let rows = admin_json(&server, "GET", "/channels", 200).await;
+            let (_, metrics) = http(server.admin, "GET", "/metrics", "").await;
+            if rows == json!([]) {
+                assert_eq!(metric(&metrics, "palisade_channel_history_bytes"), Some(0.0));
+                assert_eq!(metric(&metrics, "palisade_channels_active"), Some(0.0));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "history not swept: {rows}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
+/// An application that refuses what the grants allow and allows what they do not.
+struct ReadOnlyRooms;
+
+impl palisade_server::app::Handler for ReadOnlyRooms {
+    fn authorize_subscribe(
+        &self,
+        session: &palisade_server::sessions::SessionInfo,
+        channel: &str,
+        grant: palisade_server::app::Authorization,
+    ) -> palisade_server::app::Authorization {
+        match channel {
+            "lobby" => Ok(()),
+            "chat:vip" if session.user_id != "vip" => {
+                Err(palisade_server::app::Denied::new("chat:vip is for vip only"))
+            }
+            _ => grant,
+        }
+    }
+
+    fn authorize_publish(
+        &self,
+        _session: &palisade_server::sessions::SessionInfo,
+        channel: &str,
+        grant: palisade_server::app::Authorization,
+    ) -> palisade_server::app::Authorization {
+        match channel {
+            "chat:readonly" => Err(palisade_server::app::Denied::new("chat:readonly is read-only")),
+            _ => grant,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_applications_hooks_refuse_and_allow_in_a_server_started_in_process() {
+    use palisade_server::config::{Config, SecretString};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    bounded(20, async {
+        let mut config = Config::default();
+        config.echo.enabled = false;
+        config.admin.enabled = false;
+        config.secure.listen = ([127, 0, 0, 1], 0).into();
+        config.auth.leeway_secs = 0;
+        config.auth.secret = Some(SecretString(SECRET.into()));
+        let server =
+            palisade_server::server::Server::start(&config, ReadOnlyRooms).await.expect("start");
+        let addr = server.secure_addr.expect("secure address");
+        let connect = |user_id: &'static str| async move {
+            let mut req = format!("ws://{addr}/").into_client_request().expect("request");
+            req.headers_mut().insert("sec-websocket-protocol", v1::V1.parse().expect("value"));
+            let (mut ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+            let grants = json!({"chat:*": all_rights()});
+            send(&mut ws, &json!({"type": "auth", "token": grant_token(user_id, &grants, 600)}))
+                .await;
+            expect_type(&mut ws, "authenticated").await;
+            ws
+        };
+        let mut ws = connect("42").await;
+        subscribe(&mut ws, "chat:readonly").await;
+        let req = json!({"type": "publish", "channel": "chat:readonly", "data": 1, "id": 5});
+        assert_eq!(refused(&mut ws, req, "permission_denied").await, "chat:readonly is read-only");
+        let req = json!({"type": "subscribe", "channel": "chat:vip", "id": 6});
+        assert_eq!(refused(&mut ws, req, "permission_denied").await, "chat:vip is for vip only");
+        // Not granted by the token, allowed by the application.
+        subscribe(&mut ws, "lobby").await;
+        // The grants' own refusal still stands where the application returns it.
+        let req = json!({"type": "publish", "channel": "lobby", "data": 1, "id": 7});
+        let detail = refused(&mut ws, req, "permission_denied").await;
+        assert!(detail.contains("publish"), "{detail}");
+        // Granted and not refused: served.
+        let mut vip = connect("vip").await;
+        subscribe(&mut vip, "chat:vip").await;
+        publish(&mut ws, "chat:vip", json!("hello")).await;
+        assert_eq!(publication(&mut vip, "chat:vip").await["data"], "hello");
+        nothing_pending(&mut ws).await;
+        assert!(server.shutdown().await, "drained");
     })
     .await;
 }
