@@ -8,7 +8,7 @@ use palisade_token::Claims;
 use palisade_transport::{Close, Context};
 use serde_json::Value;
 
-use super::{Auth, Conn};
+use super::session::{Session, Stage};
 use crate::app::Handler;
 use crate::channels::{self, Authorization, BadRequest, Denied, Grants, Request, Right};
 
@@ -21,28 +21,31 @@ pub(crate) struct ConnChannels {
     subs: BTreeSet<String>,
 }
 
-impl<H: Handler> Conn<H> {
-    /// The session has started with these claims: read its grants.
-    pub(super) fn channels_session_started(&mut self, claims: &Claims) {
-        self.channels.sub = self.state.channels.subscriber_id();
-        self.channels.grants = self.grants_of(claims);
+/// The grants the claims carry (`channels.grants_claim`).
+fn grants_of<H>(core: &Session<H>, claims: &Claims) -> Grants {
+    let name = &core.shared().channel_policy.grants_claim;
+    let (grants, skipped) = Grants::from_claim(claims.extra.get(name));
+    if !skipped.is_empty() {
+        tracing::debug!(conn = %core.peer().conn.id, user_id = %claims.user_id, claim = %name, skipped = ?skipped, "channel grants skipped");
     }
+    grants
+}
 
-    fn grants_of(&self, claims: &Claims) -> Grants {
-        let name = &self.state.channel_policy.grants_claim;
-        let (grants, skipped) = Grants::from_claim(claims.extra.get(name));
-        if !skipped.is_empty() {
-            tracing::debug!(conn = %self.peer.conn.id, user_id = %claims.user_id, claim = %name, skipped = ?skipped, "channel grants skipped");
-        }
-        grants
+/// Every method takes the connection's core ([`Session`]): its shared state (the hub, the
+/// policy, the application) and its peer.
+impl ConnChannels {
+    /// The session has started with these claims: read its grants.
+    pub(super) fn session_started<H>(&mut self, core: &Session<H>, claims: &Claims) {
+        self.sub = core.shared().channels.subscriber_id();
+        self.grants = grants_of(core, claims);
     }
 
     /// What the grants (and `channels.public`) say about `right` on `channel`.
-    fn granted(&self, channel: &str, right: Right) -> Authorization {
-        let user_id = self.peer.session.as_ref().map(|s| s.user_id.as_str()).unwrap_or("");
+    fn granted<H>(&self, core: &Session<H>, channel: &str, right: Right) -> Authorization {
+        let user_id = core.peer().session.as_ref().map(|s| s.user_id.as_str()).unwrap_or("");
         let public = right == Right::Subscribe
-            && self.state.channel_policy.public.iter().any(|p| p.matches(channel, user_id));
-        if public || self.channels.grants.allows(channel, user_id, right) {
+            && core.shared().channel_policy.public.iter().any(|p| p.matches(channel, user_id));
+        if public || self.grants.allows(channel, user_id, right) {
             Ok(())
         } else {
             Err(Denied::new(format!(
@@ -53,98 +56,99 @@ impl<H: Handler> Conn<H> {
     }
 
     /// The grants' decision, then the application's.
-    fn authorize(&self, channel: &str, right: Right) -> Authorization {
-        let grant = self.granted(channel, right);
-        let Some(session) = &self.peer.session else { return grant };
+    fn authorize<H: Handler>(
+        &self,
+        core: &Session<H>,
+        channel: &str,
+        right: Right,
+    ) -> Authorization {
+        let grant = self.granted(core, channel, right);
+        let Some(session) = &core.peer().session else { return grant };
         match right {
-            Right::Subscribe => self.state.app.authorize_subscribe(session, channel, grant),
-            Right::Publish => self.state.app.authorize_publish(session, channel, grant),
+            Right::Subscribe => core.shared().app.authorize_subscribe(session, channel, grant),
+            Right::Publish => core.shared().app.authorize_publish(session, channel, grant),
             Right::Presence | Right::History => grant,
         }
     }
 
-    fn refuse(
-        &self,
+    fn refuse<H>(
+        core: &Session<H>,
         id: Option<&Value>,
         reason: &'static str,
         detail: &str,
         ctx: &mut Context,
     ) -> Result<(), Close> {
-        self.state.channels.stats.denied(reason);
-        tracing::debug!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), kind = reason, detail = %detail, "channel request refused");
+        core.shared().channels.stats.denied(reason);
+        tracing::debug!(conn = %core.peer().conn.id, peer = %core.peer().conn.peer, endpoint = core.endpoint(), kind = reason, detail = %detail, "channel request refused");
         ctx.send(channels::error_reply(id, reason, detail))
     }
 
     /// A channel envelope from an authenticated session. A refusal never closes the connection.
-    pub(super) fn channel_request(
+    pub(super) fn request<H: Handler>(
         &mut self,
+        core: &Session<H>,
         req: Result<Request, BadRequest>,
         ctx: &mut Context,
     ) -> Result<(), Close> {
-        if !matches!(self.auth, Auth::Session { .. }) {
+        if core.stage() != Stage::Session {
             return Ok(());
         }
         let req = match req {
             Ok(r) => r,
-            Err(bad) => return self.refuse(bad.id.as_ref(), bad.reason, &bad.detail, ctx),
+            Err(bad) => return Self::refuse(core, bad.id.as_ref(), bad.reason, &bad.detail, ctx),
         };
-        let hub = self.state.channels.clone();
-        let user_id = self.peer.session.as_ref().map(|s| s.user_id.clone()).unwrap_or_default();
+        let hub = core.shared().channels.clone();
+        let user_id = core.peer().session.as_ref().map(|s| s.user_id.clone()).unwrap_or_default();
         match req {
             Request::Subscribe { channel, id, since } => {
-                if let Err(d) = self.authorize(&channel, Right::Subscribe) {
-                    return self.refuse(id.as_ref(), "permission_denied", &d.detail, ctx);
+                if let Err(d) = self.authorize(core, &channel, Right::Subscribe) {
+                    return Self::refuse(core, id.as_ref(), "permission_denied", &d.detail, ctx);
                 }
-                let max = self.state.channel_policy.max_subscriptions;
-                if !self.channels.subs.contains(&channel) && self.channels.subs.len() >= max {
+                let max = core.shared().channel_policy.max_subscriptions;
+                if !self.subs.contains(&channel) && self.subs.len() >= max {
                     let detail = format!(
                         "at most {max} subscriptions per session (channels.max_subscriptions_per_session)"
                     );
-                    return self.refuse(id.as_ref(), "too_many_subscriptions", &detail, ctx);
+                    return Self::refuse(core, id.as_ref(), "too_many_subscriptions", &detail, ctx);
                 }
-                let answer = hub.subscribe(
-                    &channel,
-                    self.channels.sub,
-                    &user_id,
-                    &ctx.handle(),
-                    since.as_ref(),
-                );
-                self.channels.subs.insert(channel.clone());
+                let answer =
+                    hub.subscribe(&channel, self.sub, &user_id, &ctx.handle(), since.as_ref());
+                self.subs.insert(channel.clone());
                 ctx.send(channels::subscribed_reply(&channel, id.as_ref(), &answer))
             }
             Request::Unsubscribe { channel, id } => {
-                if self.channels.subs.remove(&channel) {
-                    hub.unsubscribe(&channel, self.channels.sub);
+                if self.subs.remove(&channel) {
+                    hub.unsubscribe(&channel, self.sub);
                 }
                 ctx.send(channels::unsubscribed_reply(&channel, id.as_ref(), "client"))
             }
             Request::Publish { channel, id, data } => {
-                if let Err(d) = self.authorize(&channel, Right::Publish) {
-                    return self.refuse(id.as_ref(), "permission_denied", &d.detail, ctx);
+                if let Err(d) = self.authorize(core, &channel, Right::Publish) {
+                    return Self::refuse(core, id.as_ref(), "permission_denied", &d.detail, ctx);
                 }
                 let max = hub.settings.max_data_bytes;
                 if data.get().len() > max {
                     let detail = format!("data is {} bytes; at most {max}", data.get().len());
-                    return self.refuse(id.as_ref(), "message_too_big", &detail, ctx);
+                    return Self::refuse(core, id.as_ref(), "message_too_big", &detail, ctx);
                 }
                 let (offset, _) = hub.publish(&channel, &data, Some(&user_id));
                 ctx.send(channels::ok_reply(id.as_ref(), Some(offset)))
             }
             Request::Presence { channel, id } => {
-                if let Err(d) = self.authorize(&channel, Right::Presence) {
-                    return self.refuse(id.as_ref(), "permission_denied", &d.detail, ctx);
+                if let Err(d) = self.authorize(core, &channel, Right::Presence) {
+                    return Self::refuse(core, id.as_ref(), "permission_denied", &d.detail, ctx);
                 }
                 let users = hub.presence(&channel);
                 ctx.send(channels::presence_reply(&channel, id.as_ref(), &users))
             }
             Request::History { channel, id, limit } => {
-                if let Err(d) = self.authorize(&channel, Right::History) {
-                    return self.refuse(id.as_ref(), "permission_denied", &d.detail, ctx);
+                if let Err(d) = self.authorize(core, &channel, Right::History) {
+                    return Self::refuse(core, id.as_ref(), "permission_denied", &d.detail, ctx);
                 }
                 let size = hub.settings.history_size;
                 if size == 0 {
                     let detail = "this server keeps no history (channels.history_size = 0)";
-                    return self.refuse(id.as_ref(), "unavailable", detail, ctx);
+                    return Self::refuse(core, id.as_ref(), "unavailable", detail, ctx);
                 }
                 let (epoch, items) = hub.history(&channel, limit.unwrap_or(size).min(size));
                 ctx.send(channels::history_reply(&channel, id.as_ref(), &epoch, &items))
@@ -154,27 +158,28 @@ impl<H: Handler> Conn<H> {
 
     /// A refresh was accepted with these claims: re-read the grants and end every subscription
     /// they (or the application) no longer allow.
-    pub(super) fn channels_refreshed(
+    pub(super) fn refreshed<H: Handler>(
         &mut self,
+        core: &Session<H>,
         claims: &Claims,
         ctx: &mut Context,
     ) -> Result<(), Close> {
-        self.channels.grants = self.grants_of(claims);
+        self.grants = grants_of(core, claims);
         let revoked: Vec<String> = self
-            .channels
             .subs
             .iter()
-            .filter(|c| self.authorize(c, Right::Subscribe).is_err())
+            .filter(|c| self.authorize(core, c, Right::Subscribe).is_err())
             .cloned()
             .collect();
+        let hub = &core.shared().channels;
         for channel in revoked {
-            self.channels.subs.remove(&channel);
-            if !self.state.channels.unsubscribe(&channel, self.channels.sub) {
+            self.subs.remove(&channel);
+            if !hub.unsubscribe(&channel, self.sub) {
                 // Already ended by an admin call, whose `unsubscribed` is on its way.
                 continue;
             }
-            self.state.channels.stats.denied("permission_revoked");
-            tracing::info!(conn = %self.peer.conn.id, endpoint = self.kind.name(), channel = %channel, "subscription ended: permission revoked at refresh");
+            hub.stats.denied("permission_revoked");
+            tracing::info!(conn = %core.peer().conn.id, endpoint = core.endpoint(), channel = %channel, "subscription ended: permission revoked at refresh");
             ctx.send(channels::unsubscribed_reply(&channel, None, "permission_revoked"))?;
         }
         Ok(())
@@ -183,19 +188,19 @@ impl<H: Handler> Conn<H> {
     /// A channel push is being queued: when it is an `unsubscribed` from the hub (an admin call
     /// ended the subscription), forget the subscription, unless the client has subscribed again
     /// since (the hub decides).
-    pub(super) fn channels_pushed(&mut self, msg: &palisade_transport::Message) {
+    pub(super) fn pushed<H>(&mut self, core: &Session<H>, msg: &palisade_transport::Message) {
         if let Some(channel) = channels::unsubscribed_channel(msg)
-            && self.channels.subs.contains(&channel)
-            && !self.state.channels.is_subscribed(&channel, self.channels.sub)
+            && self.subs.contains(&channel)
+            && !core.shared().channels.is_subscribed(&channel, self.sub)
         {
-            self.channels.subs.remove(&channel);
+            self.subs.remove(&channel);
         }
     }
 
     /// The connection has ended: leave every channel.
-    pub(super) fn channels_closed(&mut self) {
-        for channel in std::mem::take(&mut self.channels.subs) {
-            self.state.channels.unsubscribe(&channel, self.channels.sub);
+    pub(super) fn closed<H>(&mut self, core: &Session<H>) {
+        for channel in std::mem::take(&mut self.subs) {
+            core.shared().channels.unsubscribe(&channel, self.sub);
         }
     }
 }

@@ -1,21 +1,25 @@
 //! The `palisade.v1` subprotocol of the secure endpoint: JSON envelopes for authentication,
 //! data, token refresh and typed errors (docs/subprotocol.md, docs/palisade.v1.schema.json).
 //!
-//! A connection whose client offered `palisade.v1` gets a [`V1`] in its `Conn`; the endpoint
-//! hands it every message, every session deadline, every push and every close. Clients that
-//! negotiate nothing keep the guide's plain-text exchange, untouched.
+//! A connection whose client offered `palisade.v1` is served by a [`V1`], the transport handler
+//! that wraps the connection's core ([`Session`]) and calls it through its API: verify a token,
+//! open and start a session, refresh it, deliver a message, end. Clients that negotiate nothing
+//! are served by the core itself, with the guide's plain-text exchange, untouched.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use palisade_transport::{Close, Context, HandshakeRequest, Message};
+use palisade_transport::{Close, ConnInfo, Context, HandshakeRequest, Message, Outcome};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Auth, Conn};
+use palisade_token::Claims;
+
+use super::channels::ConnChannels;
+use super::session::{Session, Stage};
 use crate::app::Handler;
 use crate::close_cause::{CloseCause, Failure};
 use crate::config::Config;
-use crate::sessions::{SessionInfo, unix_now};
+use crate::sessions::unix_now;
 
 /// The subprotocol's name in `Sec-WebSocket-Protocol`.
 pub(crate) const PROTOCOL: &str = "palisade.v1";
@@ -55,8 +59,9 @@ pub(super) fn offered(req: &HandshakeRequest) -> bool {
         .any(|p| p.trim() == PROTOCOL)
 }
 
-/// One connection's subprotocol state.
-pub(crate) struct V1 {
+/// One connection's subprotocol state: envelope and refresh counts, the session clock and the
+/// error envelope before the coming close.
+pub(crate) struct V1State {
     settings: Settings,
     bad_envelopes: u32,
     failed_refreshes: u32,
@@ -88,9 +93,9 @@ pub(crate) enum Event {
     End(End),
 }
 
-impl V1 {
-    pub(crate) fn new(settings: Settings) -> V1 {
-        V1 {
+impl V1State {
+    pub(crate) fn new(settings: Settings) -> V1State {
+        V1State {
             settings,
             bad_envelopes: 0,
             failed_refreshes: 0,
@@ -162,7 +167,7 @@ impl V1 {
         self.closing_with(close, None)
     }
 
-    /// [`V1::closing`], with the delay after which the client may reconnect when the closing
+    /// [`V1State::closing`], with the delay after which the client may reconnect when the closing
     /// path knows one (a shutdown spreading its reconnects): sent as `retry_after_ms`.
     pub(crate) fn closing_with(&mut self, close: &Close, retry_after: Option<Duration>) -> Message {
         let mut failure = self.closing.take().unwrap_or_else(|| Failure::for_close(close));
@@ -320,18 +325,32 @@ fn reached(unix_secs: u64) -> bool {
     SystemTime::now() >= UNIX_EPOCH + Duration::from_secs(unix_secs)
 }
 
-impl<H: Handler> Conn<H> {
-    fn v1_state(&mut self) -> Result<&mut V1, Close> {
-        self.v1.as_mut().ok_or_else(|| CloseCause::InternalError.close())
-    }
+/// A `palisade.v1` connection: the transport handler that wraps the connection's core
+/// ([`Session`]) in envelopes. It parses every message, answers `auth` and `refresh`, runs the
+/// session clock, serves channel requests and says why before every close; it reaches the core
+/// through the core's API only.
+pub(crate) struct V1<H> {
+    session: Session<H>,
+    state: V1State,
+    /// The envelope before a drain's close (set by `on_drain`).
+    drain_notice: Option<Message>,
+    /// Channel grants and subscriptions.
+    channels: ConnChannels,
+}
 
-    fn leeway(&self) -> u64 {
-        self.state.codec.as_ref().map(|c| c.leeway_secs()).unwrap_or(0)
+impl<H: Handler> V1<H> {
+    pub(super) fn new(session: Session<H>, settings: Settings) -> V1<H> {
+        V1 {
+            session,
+            state: V1State::new(settings),
+            drain_notice: None,
+            channels: ConnChannels::default(),
+        }
     }
 
     /// A message from a `palisade.v1` client (after the rate limit). Returns the message for the
     /// application (the JSON text of a message envelope's `data`), if there is one.
-    pub(super) async fn v1_message(
+    async fn envelope(
         &mut self,
         msg: Message,
         ctx: &mut Context,
@@ -342,67 +361,75 @@ impl<H: Handler> Conn<H> {
         };
         let envelope = match parsed {
             Ok(e) => e,
-            Err(detail) => return self.v1_bad_envelope(detail, ctx).map(|()| None),
+            Err(detail) => return self.bad_envelope(detail, ctx).map(|()| None),
         };
-        let in_session = match self.auth {
-            Auth::Waiting => false,
-            Auth::Session { .. } => true,
-            Auth::Open | Auth::FromHeader(_) => {
+        let in_session = match self.session.stage() {
+            Stage::Waiting => false,
+            Stage::Session => true,
+            Stage::Open | Stage::FromHeader => {
                 return Err(CloseCause::InternalError.close());
             }
         };
         match (envelope, in_session) {
             (Envelope::Message(data), true) => Ok(Some(Message::Text(data.get().into()))),
-            (Envelope::Auth(token), false) => self.v1_auth(&token, ctx).await.map(|()| None),
+            (Envelope::Auth(token), false) => self.auth(&token, ctx).await.map(|()| None),
             (Envelope::Auth(_), true) => self
-                .v1_bad_envelope(
+                .bad_envelope(
                     "already authenticated; send a `refresh` envelope to replace the token".into(),
                     ctx,
                 )
                 .map(|()| None),
-            (Envelope::Refresh(token), true) => self.v1_refresh(&token, ctx).await.map(|()| None),
-            (Envelope::Channel(req), true) => self.channel_request(req, ctx).map(|()| None),
+            (Envelope::Refresh(token), true) => self.refresh(&token, ctx).await.map(|()| None),
+            (Envelope::Channel(req), true) => {
+                self.channels.request(&self.session, req, ctx).map(|()| None)
+            }
             (Envelope::Message(_) | Envelope::Refresh(_) | Envelope::Channel(_), false) => {
-                Err(self
-                    .v1_state()?
-                    .fail(CloseCause::NotAuthenticated, "send an `auth` envelope first"))
+                Err(self.state.fail(CloseCause::NotAuthenticated, "send an `auth` envelope first"))
             }
         }
     }
 
-    async fn v1_auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
-        match self.verify(token).await {
-            Ok(claims) => self.start_session(claims, ctx).await,
+    async fn auth(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
+        match self.session.verify(token).await {
+            Ok(claims) => self.start(claims, ctx).await,
             Err(e) => {
                 let cause = CloseCause::of_token_error(&e);
                 let detail = match cause {
                     CloseCause::TokenExpired => "the token has expired",
                     _ => "the token was refused (the server log names the failed check)",
                 };
-                Err(self.v1_state()?.fail(cause, detail))
+                Err(self.state.fail(cause, detail))
             }
         }
     }
 
-    /// The session has started: tell the client and start the session clock.
-    pub(super) fn v1_session_started(
-        &mut self,
-        info: &SessionInfo,
-        ctx: &mut Context,
-    ) -> Result<(), Close> {
-        let leeway = self.leeway();
-        let v1 = self.v1_state()?;
-        v1.start(info.started, info.expires, leeway);
-        v1.schedule(ctx);
+    /// Starts the session of verified claims: the core opens it, then the grants are read, the
+    /// session clock starts and the client gets `authenticated`.
+    async fn start(&mut self, claims: Claims, ctx: &mut Context) -> Result<(), Close> {
+        let info = match self.session.open_session(&claims, ctx).await {
+            Ok(info) => info,
+            Err(CloseCause::TokenRevoked) => {
+                return Err(self.state.fail_with(Failure::new(
+                    CloseCause::TokenRevoked,
+                    "the token has been revoked",
+                )));
+            }
+            Err(cause) => return Err(cause.close()),
+        };
+        self.channels.session_started(&self.session, &claims);
+        self.state.start(info.started, info.expires, self.session.leeway());
+        self.state.schedule(ctx);
         ctx.send(envelope(&Outgoing::Authenticated {
             session_id: info.id.as_str(),
             user_id: &info.user_id,
             exp: info.expires,
-        }))
+        }))?;
+        self.session.session_started(info);
+        Ok(())
     }
 
-    async fn v1_refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
-        let claims = match self.verify(token).await {
+    async fn refresh(&mut self, token: &str, ctx: &mut Context) -> Result<(), Close> {
+        let claims = match self.session.verify(token).await {
             Ok(claims) => claims,
             Err(e) => {
                 let cause = CloseCause::of_token_error(&e);
@@ -410,25 +437,25 @@ impl<H: Handler> Conn<H> {
                     CloseCause::TokenExpired => "the refresh token has expired",
                     _ => "the refresh token was refused (the server log names the failed check)",
                 };
-                return self.v1_refresh_failed(cause.error_name(), detail, ctx);
+                return self.refresh_failed(cause.error_name(), detail, ctx);
             }
         };
-        let (Auth::Session { id, .. }, Some(session)) = (&self.auth, &self.peer.session) else {
+        let (Some(id), Some(session)) = (self.session.session_id(), &self.session.peer().session)
+        else {
             return Err(CloseCause::InternalError.close());
         };
         let (id, user_id) = (id.clone(), session.user_id.clone());
-        let endpoint = self.kind.name();
-        let (conn, peer) = (self.peer.conn.id, self.peer.conn.peer);
+        let endpoint = self.session.endpoint();
+        let (conn, peer) = (self.session.peer().conn.id, self.session.peer().conn.peer);
         if claims.user_id != user_id {
             tracing::warn!(%conn, %peer, endpoint, user_id = %user_id, kind = "user_mismatch", "refresh refused: the token names another user");
-            return self.v1_refresh_failed(
+            return self.refresh_failed(
                 "user_mismatch",
                 "the refresh token names another user",
                 ctx,
             );
         }
-        let leeway = self.leeway();
-        let v1 = self.v1_state()?;
+        let v1 = &mut self.state;
         if let Some(limit) = v1.limit
             && claims.exp.is_none_or(|exp| exp > limit)
         {
@@ -441,28 +468,21 @@ impl<H: Handler> Conn<H> {
         }
         v1.set_token(claims.exp);
         v1.schedule(ctx);
-        self.auth = Auth::Session {
-            id: id.clone(),
-            expires_at: claims.exp.map(|e| e.saturating_add(leeway)),
-        };
-        self.state.sessions.set_expiry(&id, claims.exp);
-        if let Some(session) = &mut self.peer.session {
-            session.expires = claims.exp;
-        }
+        self.session.refreshed(claims.exp);
         tracing::info!(%conn, %peer, endpoint, user_id = %user_id, session = %id, exp = ?claims.exp, "session refreshed");
         ctx.send(envelope(&Outgoing::Refreshed { exp: claims.exp }))?;
-        self.channels_refreshed(&claims, ctx)
+        self.channels.refreshed(&self.session, &claims, ctx)
     }
 
     /// A refused refresh: the session runs on until its token expires, unless it was the last
     /// one allowed.
-    fn v1_refresh_failed(
+    fn refresh_failed(
         &mut self,
         reason: &'static str,
         detail: &str,
         ctx: &mut Context,
     ) -> Result<(), Close> {
-        let v1 = self.v1_state()?;
+        let v1 = &mut self.state;
         v1.failed_refreshes += 1;
         if v1.failed_refreshes >= MAX_FAILED_REFRESHES {
             let n = v1.failed_refreshes;
@@ -474,9 +494,10 @@ impl<H: Handler> Conn<H> {
         ctx.send(error_envelope(reason, detail))
     }
 
-    fn v1_bad_envelope(&mut self, detail: String, ctx: &mut Context) -> Result<(), Close> {
-        tracing::debug!(conn = %self.peer.conn.id, peer = %self.peer.conn.peer, endpoint = self.kind.name(), kind = "bad_envelope", detail = %detail, "bad envelope");
-        let v1 = self.v1_state()?;
+    fn bad_envelope(&mut self, detail: String, ctx: &mut Context) -> Result<(), Close> {
+        let peer = self.session.peer();
+        tracing::debug!(conn = %peer.conn.id, peer = %peer.conn.peer, endpoint = self.session.endpoint(), kind = "bad_envelope", detail = %detail, "bad envelope");
+        let v1 = &mut self.state;
         v1.bad_envelopes += 1;
         let n = v1.bad_envelopes;
         if n >= v1.settings.close_after_bad_envelopes {
@@ -489,8 +510,8 @@ impl<H: Handler> Conn<H> {
     }
 
     /// The session deadline passed: send `expiring`, or end the session.
-    pub(super) fn v1_session_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
-        let v1 = self.v1_state()?;
+    fn session_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        let v1 = &mut self.state;
         match v1.next_event() {
             Some((at, Event::End(End::TokenExpired))) if reached(at) => Err(v1.fail(
                 CloseCause::TokenExpired,
@@ -515,6 +536,68 @@ impl<H: Handler> Conn<H> {
                 Ok(())
             }
         }
+    }
+}
+
+impl<H: Handler> palisade_transport::Handler for V1<H> {
+    async fn on_open(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        match self.session.opened(ctx) {
+            // Boxed (as is every envelope below) so the connection's task, which holds the
+            // largest future it awaits for its whole life, stays small.
+            Some(claims) => Box::pin(self.start(claims, ctx)).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message, ctx: &mut Context) -> Result<(), Close> {
+        if let Err(failure) = self.session.received(&msg) {
+            return Err(self.state.fail_with(failure));
+        }
+        // Only the `data` of a message envelope reaches the application.
+        let Some(data) = Box::pin(self.envelope(msg, ctx)).await? else { return Ok(()) };
+        let mark = ctx.queued();
+        let result = self.session.deliver(data, ctx).await;
+        ctx.map_queued(mark, wrap_reply);
+        result
+    }
+
+    async fn on_deadline(&mut self, ctx: &mut Context) -> Result<(), Close> {
+        match self.session.stage() {
+            Stage::Session => self.session_deadline(ctx),
+            _ => self.session.auth_deadline(),
+        }
+    }
+
+    fn on_push(&mut self, msg: Message) -> Message {
+        match crate::channels::unmark(msg) {
+            Ok(channel_push) => {
+                self.channels.pushed(&self.session, &channel_push);
+                channel_push
+            }
+            Err(app_push) => wrap_reply(app_push),
+        }
+    }
+
+    fn on_drain(&mut self, restart: bool, spread: Duration) -> Close {
+        let (close, notice) = super::drain::drain_close(true, restart, spread);
+        self.drain_notice = notice;
+        close
+    }
+
+    fn on_closing(&mut self, close: &Close) -> Option<Message> {
+        if let Some(notice) = self.drain_notice.take() {
+            return Some(notice);
+        }
+        Some(self.state.closing(close))
+    }
+
+    fn on_sent(&mut self, messages: usize, bytes: usize) {
+        self.session.sent(messages, bytes);
+    }
+
+    fn on_close(&mut self, _info: &ConnInfo, outcome: &Outcome) {
+        self.channels.closed(&self.session);
+        self.session.ended(outcome);
     }
 }
 

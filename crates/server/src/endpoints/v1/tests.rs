@@ -2,7 +2,7 @@
 
 use palisade_transport::{Close, Message};
 
-use super::{End, Envelope, Event, Settings, V1, parse, wrap_reply};
+use super::{End, Envelope, Event, Settings, V1State, parse, wrap_reply};
 use crate::close_cause::Failure;
 
 fn settings(max_session_secs: u64, expiry_warning_secs: u64) -> Settings {
@@ -88,7 +88,7 @@ fn closes_map_to_error_reasons() {
 
 #[test]
 fn session_clock_warns_then_expires() {
-    let mut v1 = V1::new(settings(3600, 60));
+    let mut v1 = V1State::new(settings(3600, 60));
     v1.start(1000, Some(1300), 30);
     assert_eq!(v1.next_event(), Some((1240, Event::Warn)));
     v1.warned = true;
@@ -100,13 +100,13 @@ fn session_clock_warns_then_expires() {
 
 #[test]
 fn session_clock_ends_at_the_limit_without_warning() {
-    let mut v1 = V1::new(settings(100, 60));
+    let mut v1 = V1State::new(settings(100, 60));
     v1.start(1000, Some(5000), 0);
     assert_eq!(v1.next_event(), Some((1100, Event::End(End::SessionTooLong))));
-    let mut v1 = V1::new(settings(0, 0));
+    let mut v1 = V1State::new(settings(0, 0));
     v1.start(1000, None, 0);
     assert_eq!(v1.next_event(), None);
-    let mut v1 = V1::new(settings(0, 0));
+    let mut v1 = V1State::new(settings(0, 0));
     v1.start(1000, Some(1010), 5);
     assert_eq!(v1.next_event(), Some((1015, Event::End(End::TokenExpired))));
 }
