@@ -16,7 +16,7 @@ use palisade_jwks::Verifier;
 use palisade_metrics::{EndpointMetrics, Metrics};
 use palisade_transport::{
     Accept, Close, ConnInfo, Context, Endpoint, HandshakeError, HandshakeRequest, Message, Outcome,
-    Refusal, Rejection,
+    PushKind, Refusal, Rejection,
 };
 
 use crate::app::{Handler, Peer};
@@ -299,10 +299,10 @@ impl<H: Handler> palisade_transport::Handler for Conn<H> {
         }
     }
 
-    fn on_push(&mut self, msg: Message) -> Message {
+    fn on_push(&mut self, msg: Message, kind: PushKind) -> Message {
         match self {
-            Conn::Plain(s) => s.on_push(msg),
-            Conn::V1(v) => v.on_push(msg),
+            Conn::Plain(s) => s.on_push(msg, kind),
+            Conn::V1(v) => v.on_push(msg, kind),
         }
     }
 

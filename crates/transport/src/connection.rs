@@ -56,9 +56,12 @@ pub trait Handler: Send + 'static {
         Close::new(close_code::GOING_AWAY, reason)
     }
 
-    /// Called for each message pushed through a [`ConnHandle`], before it is queued; returns
-    /// the message to send (e.g. wrapped in a subprotocol's envelope). The default keeps it.
-    fn on_push(&mut self, msg: Message) -> Message {
+    /// Called for each message pushed through a [`ConnHandle`], before it is queued, with the
+    /// [`PushKind`] its sender gave; returns the message to send (e.g. an application message
+    /// wrapped in a subprotocol's envelope, a message already framed as it is). The default
+    /// keeps it.
+    fn on_push(&mut self, msg: Message, kind: PushKind) -> Message {
+        let _ = kind;
         msg
     }
 
@@ -138,6 +141,16 @@ pub struct ConnHandle {
     shared: Arc<Shared>,
 }
 
+/// What a message pushed through a [`ConnHandle`] is, in its sender's words: the transport
+/// only hands it to [`Handler::on_push`]. [`ConnHandle::send`] uses [`PushKind::DEFAULT`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PushKind(pub u8);
+
+impl PushKind {
+    /// A plain push ([`ConnHandle::send`]).
+    pub const DEFAULT: PushKind = PushKind(0);
+}
+
 /// The connection's inbox: what other tasks pushed or asked for. A plain queue under a mutex
 /// rather than a channel, so an idle connection holds no preallocated slots.
 #[derive(Debug)]
@@ -149,7 +162,7 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Inbox {
-    queue: VecDeque<Message>,
+    queue: VecDeque<(Message, PushKind)>,
     close: Option<Close>,
     ended: bool,
 }
@@ -174,6 +187,11 @@ pub enum SendError {
 impl ConnHandle {
     /// Queues a message without waiting. A full queue closes the connection with 1008.
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        self.send_as(PushKind::DEFAULT, msg)
+    }
+
+    /// Like [`ConnHandle::send`], telling [`Handler::on_push`] what kind of message it is.
+    pub fn send_as(&self, kind: PushKind, msg: Message) -> Result<(), SendError> {
         let mut inbox = self.shared.lock();
         if inbox.ended {
             return Err(SendError::Closed);
@@ -183,7 +201,7 @@ impl ConnHandle {
             self.close(ConnError::SlowConsumer(SlowConsumer::QueueFull).close());
             return Err(SendError::Full);
         }
-        inbox.queue.push_back(msg);
+        inbox.queue.push_back((msg, kind));
         drop(inbox);
         self.shared.notify.notify_one();
         Ok(())
@@ -402,8 +420,8 @@ where
     if let Some(close) = close {
         return Some(close_with(ws, handler, close, cfg).await);
     }
-    for msg in pushed {
-        ctx.pending.push_back(handler.on_push(msg));
+    for (msg, kind) in pushed {
+        ctx.pending.push_back(handler.on_push(msg, kind));
     }
     after_handler(ws, ctx, handler, Ok(()), false, cfg).await
 }

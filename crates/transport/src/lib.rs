@@ -71,7 +71,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use connection::{ConnHandle, Context, Handler, SendError};
+pub use connection::{ConnHandle, Context, Handler, PushKind, SendError};
 pub use drain::Drain;
 pub use error::{ConnError, Outcome, SlowConsumer};
 pub use handshake::{Accept, HandshakeError, HandshakeRequest, Rejection};

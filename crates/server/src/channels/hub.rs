@@ -308,10 +308,9 @@ impl Hub {
         let json: Arc<str> = serde_json::to_string(&env).unwrap_or_default().into();
         self.stats.publications.fetch_add(1, Ordering::Relaxed);
         // Encoded once; each subscriber gets a copy of the same text.
-        let pushed = super::mark(&json);
         let mut delivered = 0;
         for s in ch.subscribers.values() {
-            if s.handle.send(Message::Text(pushed.clone())).is_ok() {
+            if s.handle.send_as(super::PUBLICATION, Message::Text(json.to_string())).is_ok() {
                 delivered += 1;
             }
         }
@@ -438,10 +437,10 @@ impl Hub {
         if subs.is_empty() {
             return 0;
         }
-        let notice = unsubscribed_push(channel, reason);
+        let notice = super::unsubscribed_text(channel, None, reason);
         for id in &subs {
             if let Some(s) = ch.subscribers.remove(id) {
-                let _ = s.handle.send(Message::Text(notice.clone()));
+                let _ = s.handle.send_as(super::UNSUBSCRIBED, Message::Text(notice.clone()));
             }
         }
         ch.users.remove(user_id);
@@ -461,9 +460,9 @@ impl Hub {
         let mut inner = self.lock();
         let ch = inner.channels.remove(channel)?;
         inner.history_bytes -= ch.history_bytes;
-        let notice = unsubscribed_push(channel, "channel_closed");
+        let notice = super::unsubscribed_text(channel, None, "channel_closed");
         for s in ch.subscribers.values() {
-            let _ = s.handle.send(Message::Text(notice.clone()));
+            let _ = s.handle.send_as(super::UNSUBSCRIBED, Message::Text(notice.clone()));
         }
         Some(Closed { unsubscribed: ch.subscribers.len(), history_dropped: ch.history.len() })
     }
@@ -502,12 +501,6 @@ fn expire(ch: &mut Channel, ttl: Option<Duration>, now: Instant) -> usize {
     }
     ch.history_bytes -= freed;
     freed
-}
-
-/// The marked `unsubscribed` push for `channel` (see `endpoints::channels`, which forgets the
-/// subscription when it sends it).
-fn unsubscribed_push(channel: &str, reason: &str) -> String {
-    super::mark(&super::unsubscribed_text(channel, None, reason))
 }
 
 fn presence_data(event: &str, user_id: &str) -> Box<RawValue> {

@@ -12,10 +12,9 @@ pub(crate) mod admin;
 pub(crate) mod grants;
 pub(crate) mod hub;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use palisade_transport::Message;
-use rand::RngCore;
+use palisade_transport::{Message, PushKind};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -115,38 +114,13 @@ impl Default for HubSettings {
 
 // ---- pushes ----
 
-/// Put before a publication pushed to a connection, so that `on_push` sends it as it is instead
-/// of wrapping it in a `message` envelope like an application push. Random per process and
-/// never sent to a client, so no application or client text can carry it.
-fn marker() -> &'static str {
-    static MARKER: OnceLock<String> = OnceLock::new();
-    MARKER.get_or_init(|| {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        format!("\u{1}palisade-channel-{hex}\u{1}")
-    })
-}
+/// The [`PushKind`] of a publication pushed to a subscriber: `on_push` sends it as it is
+/// instead of wrapping it in a `message` envelope like an application push.
+pub(crate) const PUBLICATION: PushKind = PushKind(1);
 
-/// The pushed form of an envelope.
-pub(crate) fn mark(json: &str) -> String {
-    let m = marker();
-    let mut s = String::with_capacity(m.len() + json.len());
-    s.push_str(m);
-    s.push_str(json);
-    s
-}
-
-/// A channel push with its marker removed, or the message as it was.
-pub(crate) fn unmark(msg: Message) -> Result<Message, Message> {
-    match msg {
-        Message::Text(mut t) if t.starts_with(marker()) => {
-            t.drain(..marker().len());
-            Ok(Message::Text(t))
-        }
-        other => Err(other),
-    }
-}
+/// The [`PushKind`] of an `unsubscribed` notice the node pushes (an admin ended the
+/// subscription): sent as it is, and the connection forgets the subscription.
+pub(crate) const UNSUBSCRIBED: PushKind = PushKind(2);
 
 // ---- requests ----
 
@@ -476,14 +450,6 @@ mod tests {
             parse("publish", r#"{"type":"publish","channel":"a","data":null}"#),
             Ok(Request::Publish { .. })
         ));
-    }
-
-    #[test]
-    fn only_marked_pushes_are_unmarked() {
-        let marked = Message::Text(mark(r#"{"type":"publication"}"#));
-        assert_eq!(unmark(marked), Ok(Message::Text(r#"{"type":"publication"}"#.into())));
-        let plain = Message::Text(r#"{"type":"publication"}"#.into());
-        assert_eq!(unmark(plain.clone()), Err(plain));
     }
 
     #[test]

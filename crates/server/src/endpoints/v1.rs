@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use palisade_transport::{Close, ConnInfo, Context, HandshakeRequest, Message, Outcome};
+use palisade_transport::{Close, ConnInfo, Context, HandshakeRequest, Message, Outcome, PushKind};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -568,13 +568,14 @@ impl<H: Handler> palisade_transport::Handler for V1<H> {
         }
     }
 
-    fn on_push(&mut self, msg: Message) -> Message {
-        match crate::channels::unmark(msg) {
-            Ok(channel_push) => {
-                self.channels.pushed(&self.session, &channel_push);
-                channel_push
+    fn on_push(&mut self, msg: Message, kind: PushKind) -> Message {
+        match kind {
+            crate::channels::PUBLICATION => msg,
+            crate::channels::UNSUBSCRIBED => {
+                self.channels.pushed(&self.session, &msg);
+                msg
             }
-            Err(app_push) => wrap_reply(app_push),
+            _ => wrap_reply(msg),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use palisade_transport::{
     Accept, Close, ConnHandle, ConnInfo, Context, Endpoint, Handler, HandshakeError,
-    HandshakeRequest, Message, Outcome, Refusal, Rejection, TransportConfig,
+    HandshakeRequest, Message, Outcome, PushKind, Refusal, Rejection, TransportConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -332,6 +332,7 @@ impl Handler for Hooked {
             Message::Text(t) if t == "bye" => Err(Close::new(4000, "bye")),
             Message::Text(t) if t == "push" => {
                 ctx.handle().send(Message::Text("pushed".into())).expect("push");
+                ctx.handle().send_as(PushKind(7), Message::Text("tagged".into())).expect("push");
                 Ok(())
             }
             Message::Text(t) => {
@@ -348,9 +349,10 @@ impl Handler for Hooked {
         }
     }
 
-    fn on_push(&mut self, msg: Message) -> Message {
+    fn on_push(&mut self, msg: Message, kind: PushKind) -> Message {
         match msg {
-            Message::Text(t) => Message::Text(format!("push:{t}")),
+            Message::Text(t) if kind == PushKind::DEFAULT => Message::Text(format!("push:{t}")),
+            Message::Text(t) => Message::Text(format!("push{}:{t}", kind.0)),
             other => other,
         }
     }
@@ -421,6 +423,8 @@ async fn hooks_rewrite_queued_replies_and_pushes() {
     assert_eq!(next_text(&mut ws).await, "ABC");
     ws.send(WsMessage::text("push")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "push:pushed");
+    // The kind a sender gives reaches on_push with the message.
+    assert_eq!(next_text(&mut ws).await, "push7:tagged");
 }
 
 #[tokio::test]
