@@ -196,6 +196,12 @@ async fn public_channels_and_admin_publish_reach_subscribers() {
         assert_eq!(status, 400);
         let (status, _) = http(server.admin, "POST", "/channels/a%20b/publish", "1").await;
         assert_eq!(status, 400);
+        // Data larger than `limits.max_message_bytes` (64 KiB) is refused and names the key.
+        let big = format!("\"{}\"", "x".repeat(70 * 1024));
+        let (status, body) = http(server.admin, "POST", "/channels/news/publish", &big).await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("limits.max_message_bytes"), "{body}");
+        nothing_pending(&mut a).await;
     })
     .await;
 }
