@@ -676,16 +676,10 @@ impl palisade_server::app::Handler for ReadOnlyRooms {
 
 #[tokio::test]
 async fn the_applications_hooks_refuse_and_allow_in_a_server_started_in_process() {
-    use palisade_server::config::{Config, SecretString};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     bounded(20, async {
-        let mut config = Config::default();
-        config.echo.enabled = false;
-        config.admin.enabled = false;
-        config.secure.listen = ([127, 0, 0, 1], 0).into();
-        config.auth.leeway_secs = 0;
-        config.auth.secret = Some(SecretString(SECRET.into()));
+        let config = super::in_process_config();
         let server =
             palisade_server::server::Server::start(&config, ReadOnlyRooms).await.expect("start");
         let addr = server.secure_addr.expect("secure address");

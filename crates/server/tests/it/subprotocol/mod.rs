@@ -23,6 +23,18 @@ use v1::{
 };
 
 /// Bounds a whole test.
+/// The configuration of a server started in-process: the secure endpoint alone on a free
+/// loopback port, with the tests' secret and no leeway.
+fn in_process_config() -> palisade_server::config::Config {
+    let mut config = palisade_server::config::Config::default();
+    config.echo.enabled = false;
+    config.admin.enabled = false;
+    config.secure.listen = ([127, 0, 0, 1], 0).into();
+    config.auth.leeway_secs = 0;
+    config.auth.secret = Some(palisade_server::config::SecretString(support::SECRET.into()));
+    config
+}
+
 async fn bounded<F: Future<Output = ()>>(limit_secs: u64, test: F) {
     timeout(Duration::from_secs(limit_secs), test)
         .await
@@ -434,17 +446,11 @@ async fn every_close_from_the_server_is_preceded_by_an_error_envelope() {
 #[tokio::test]
 async fn pushes_to_a_v1_session_are_wrapped_and_plain_sessions_get_them_raw() {
     use palisade_server::app::Echo;
-    use palisade_server::config::{Config, SecretString};
     use palisade_server::server::Server as InProcess;
     use palisade_transport::Message as AppMessage;
 
     bounded(20, async {
-        let mut config = Config::default();
-        config.echo.enabled = false;
-        config.admin.enabled = false;
-        config.secure.listen = ([127, 0, 0, 1], 0).into();
-        config.auth.leeway_secs = 0;
-        config.auth.secret = Some(SecretString(support::SECRET.into()));
+        let config = in_process_config();
         let server = InProcess::start(&config, Echo).await.expect("start");
         let addr = server.secure_addr.expect("secure address");
 
