@@ -270,24 +270,16 @@ pub fn ask_running_server(config: &Config, path: &str) -> anyhow::Result<(u16, S
 
 /// The first `section.key` named in an error message.
 fn key_in(message: &str) -> Option<String> {
-    const SECTIONS: [&str; 11] = [
-        "echo",
-        "secure",
-        "admin",
-        "tls",
-        "auth",
-        "subprotocol",
-        "limits",
-        "firewall",
-        "log",
-        "audit",
-        "cluster",
-    ];
+    // The sections are those of `keys` (one list, which the compiler keeps complete).
+    let sections: Vec<&str> = keys(&Config::default())
+        .into_iter()
+        .map(|(key, _, _)| key.split('.').next().unwrap_or(key))
+        .collect();
     message
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
         .find(|word| {
             word.split_once('.').is_some_and(|(section, key)| {
-                SECTIONS.contains(&section) && !key.is_empty() && !key.contains('.')
+                sections.contains(&section) && !key.is_empty() && !key.contains('.')
             })
         })
         .map(str::to_owned)
@@ -298,7 +290,22 @@ fn keys(c: &Config) -> Vec<(&'static str, bool, String)> {
     fn v<T: Debug>(value: &T) -> String {
         format!("{value:?}")
     }
-    let (f, l) = (&c.firewall, &c.limits);
+    // Destructured, so that a new section does not compile until it is listed here.
+    let Config {
+        echo,
+        secure,
+        admin,
+        tls,
+        auth,
+        subprotocol,
+        limits: l,
+        firewall: f,
+        log,
+        audit,
+        cluster,
+        channels,
+        source: _,
+    } = c;
     vec![
         ("firewall.allow", true, v(&f.allow)),
         ("firewall.deny", true, v(&f.deny)),
@@ -314,14 +321,14 @@ fn keys(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("firewall.require_origin", true, v(&f.require_origin)),
         ("firewall.trusted_proxies", true, v(&f.trusted_proxies)),
         ("limits.max_connections", true, v(&l.max_connections)),
-        ("log.level", true, v(&c.log.level)),
-        ("echo", false, v(&c.echo)),
-        ("secure", false, v(&c.secure)),
-        ("admin", false, v(&c.admin)),
-        ("tls.cert_file", false, v(&c.tls.cert_file)),
-        ("tls.key_file", false, v(&c.tls.key_file)),
-        ("auth", false, v(&c.auth)),
-        ("subprotocol", false, v(&c.subprotocol)),
+        ("log.level", true, v(&log.level)),
+        ("echo", false, v(echo)),
+        ("secure", false, v(secure)),
+        ("admin", false, v(admin)),
+        ("tls.cert_file", false, v(&tls.cert_file)),
+        ("tls.key_file", false, v(&tls.key_file)),
+        ("auth", false, v(auth)),
+        ("subprotocol", false, v(subprotocol)),
         ("limits.max_message_bytes", false, v(&l.max_message_bytes)),
         ("limits.max_frame_bytes", false, v(&l.max_frame_bytes)),
         ("limits.handshake_timeout_secs", false, v(&l.handshake_timeout_secs)),
@@ -332,12 +339,13 @@ fn keys(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("limits.drain_timeout_secs", false, v(&l.drain_timeout_secs)),
         ("limits.read_buffer_bytes", false, v(&l.read_buffer_bytes)),
         ("limits.write_buffer_bytes", false, v(&l.write_buffer_bytes)),
-        ("log.dir", false, v(&c.log.dir)),
-        ("log.format", false, v(&c.log.format)),
-        ("log.max_file_bytes", false, v(&c.log.max_file_bytes)),
-        ("log.max_files", false, v(&c.log.max_files)),
-        ("audit", false, v(&c.audit)),
-        ("cluster", false, v(&c.cluster)),
+        ("log.dir", false, v(&log.dir)),
+        ("log.format", false, v(&log.format)),
+        ("log.max_file_bytes", false, v(&log.max_file_bytes)),
+        ("log.max_files", false, v(&log.max_files)),
+        ("audit", false, v(audit)),
+        ("cluster", false, v(cluster)),
+        ("channels", false, v(channels)),
     ]
 }
 
@@ -369,6 +377,10 @@ mod tests {
             Some("limits.max_frame_bytes")
         );
         assert_eq!(key_in("cannot read config file /etc/palisade.toml"), None);
+        assert_eq!(
+            key_in("channels.history_size (200000) must be at most 100000").as_deref(),
+            Some("channels.history_size")
+        );
     }
 
     #[test]
@@ -384,5 +396,15 @@ mod tests {
         restore_restart_only(&mut new, &running);
         assert_eq!(new.firewall.deny, vec!["192.0.2.0/24".to_owned()]);
         assert_eq!(new.echo.listen, running.echo.listen);
+        // A changed restart-only section is named, not silently dropped.
+        let mut changed = Config::default();
+        changed.channels.history_size = 7;
+        let named: Vec<_> = keys(&running)
+            .into_iter()
+            .zip(keys(&changed))
+            .filter(|((_, _, old), (_, _, now))| old != now)
+            .map(|((key, live, _), _)| (key, live))
+            .collect();
+        assert_eq!(named, [("channels", false)]);
     }
 }
