@@ -391,6 +391,10 @@ async fn readyz_answers_503_through_a_shutdown_drain_while_healthz_stays_200() {
     };
     // Liveness stays good: the process is healthy, only leaving.
     assert_eq!(http(server.admin, "GET", "/healthz", &[], "").await.status, 200);
+    // An upgrade asked for while shutting down is refused, not started.
+    let resp = http(server.admin, "POST", "/upgrade", &[], "").await;
+    assert_eq!(resp.status, 503, "{}", resp.body);
+    assert!(resp.body.contains("shutting down"), "{}", resp.body);
     let mut last_close = unready_at;
     for h in held {
         let closed = h.await.expect("client task").expect("a close frame from the drain");
