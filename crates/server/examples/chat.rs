@@ -29,18 +29,18 @@ impl Handler for Chat {
         let Message::Text(text) = msg else {
             return Err(Close::new(1003, "chat accepts text only"));
         };
-        let line = Message::Text(format!("user {}: {text}", session.user_id));
+        let line = Message::Text(format!("user {}: {text}", session.user_id).into());
         self.sessions.broadcast(&line, Some(&session.id));
         Ok(())
     }
 
     fn on_session_start(&self, session: &SessionInfo, sessions: &SessionRegistry) {
-        let line = Message::Text(format!("* user {} joined", session.user_id));
+        let line = Message::Text(format!("* user {} joined", session.user_id).into());
         sessions.broadcast(&line, Some(&session.id));
     }
 
     fn on_session_end(&self, session: &SessionInfo, sessions: &SessionRegistry) {
-        sessions.broadcast(&Message::Text(format!("* user {} left", session.user_id)), None);
+        sessions.broadcast(&Message::Text(format!("* user {} left", session.user_id).into()), None);
     }
 }
 

@@ -89,7 +89,7 @@ pub fn echo_reply(prefix: &str, msg: Message) -> Message {
             let mut out = String::with_capacity(prefix.len() + t.len());
             out.push_str(prefix);
             out.push_str(&t);
-            Message::Text(out)
+            Message::Text(out.into())
         }
         Message::Binary(b) => {
             let mut out = Vec::with_capacity(prefix.len() + b.len());

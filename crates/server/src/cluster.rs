@@ -169,7 +169,7 @@ fn apply(event: Event, sessions: &SessionRegistry, firewall: &Firewall, metrics:
             tracing::info!(sessions = n, "sessions closed: their token was revoked");
         }
         Event::Publish { user_id, data, reply } => {
-            reply.delivered(sessions.send_to_user(&user_id, &Message::Text(data)));
+            reply.delivered(sessions.send_to_user(&user_id, &Message::Text(data.into())));
         }
     }
 }

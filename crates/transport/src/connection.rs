@@ -449,9 +449,7 @@ where
             Some(Ok(msg)) => msg,
         };
         let step = match msg {
-            WsMessage::Text(t) => {
-                handler.on_message(Message::Text(t.as_str().to_owned()), ctx).await
-            }
+            WsMessage::Text(t) => handler.on_message(Message::Text(t), ctx).await,
             WsMessage::Binary(b) => handler.on_message(Message::Binary(b), ctx).await,
             // tungstenite has queued the pong; it goes out with the replies.
             WsMessage::Ping(_) => {
@@ -652,7 +650,7 @@ where
 
 fn to_ws(msg: Message) -> WsMessage {
     match msg {
-        Message::Text(t) => WsMessage::Text(t.into()),
+        Message::Text(t) => WsMessage::Text(t),
         Message::Binary(b) => WsMessage::Binary(b),
     }
 }

@@ -71,6 +71,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Shared UTF-8 text: the payload of [`Message::Text`].
+pub use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 pub use connection::{ConnHandle, Context, Handler, PushKind, SendError};
 pub use drain::Drain;
 pub use error::{ConnError, Outcome, SlowConsumer};
@@ -161,14 +164,22 @@ impl TransportConfig {
 /// A data message, as the application sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// A text message (always valid UTF-8).
-    Text(String),
+    /// A text message (always valid UTF-8): a [`Utf8Bytes`], which is a [`bytes::Bytes`] known
+    /// to hold UTF-8, so a received text reaches the handler without a copy and one text can
+    /// be sent to many connections without one (`String` and `&'static str` convert with
+    /// `.into()`; it derefs to `&str`).
+    Text(Utf8Bytes),
     /// A binary message: a [`bytes::Bytes`], so a payload moves between the socket buffers and
     /// the application without a copy (`Vec<u8>` converts with `.into()`).
     Binary(bytes::Bytes),
 }
 
 impl Message {
+    /// A text message.
+    pub fn text(text: impl Into<Utf8Bytes>) -> Message {
+        Message::Text(text.into())
+    }
+
     /// The payload length in bytes.
     pub fn len(&self) -> usize {
         match self {

@@ -160,7 +160,7 @@ pub(crate) async fn publish(
             format!("data is {} bytes; at most {max} (limits.max_message_bytes)\n", req.data.len());
         return (StatusCode::PAYLOAD_TOO_LARGE, msg).into_response();
     }
-    let here = state.sessions.send_to_user(&req.user_id, &Message::Text(req.data.clone()));
+    let here = state.sessions.send_to_user(&req.user_id, &Message::Text(req.data.clone().into()));
     let cluster = &state.cluster.state;
     let answer = match cluster.publish(req.user_id.clone(), req.data, here).await {
         Ok(r) => Published {

@@ -310,7 +310,8 @@ impl Hub {
         // Encoded once; each subscriber gets a copy of the same text.
         let mut delivered = 0;
         for s in ch.subscribers.values() {
-            if s.handle.send_as(super::PUBLICATION, Message::Text(json.to_string())).is_ok() {
+            if s.handle.send_as(super::PUBLICATION, Message::Text(json.to_string().into())).is_ok()
+            {
                 delivered += 1;
             }
         }
@@ -440,7 +441,7 @@ impl Hub {
         let notice = super::unsubscribed_text(channel, None, reason);
         for id in &subs {
             if let Some(s) = ch.subscribers.remove(id) {
-                let _ = s.handle.send_as(super::UNSUBSCRIBED, Message::Text(notice.clone()));
+                let _ = s.handle.send_as(super::UNSUBSCRIBED, Message::Text(notice.clone().into()));
             }
         }
         ch.users.remove(user_id);
@@ -462,7 +463,7 @@ impl Hub {
         inner.history_bytes -= ch.history_bytes;
         let notice = super::unsubscribed_text(channel, None, "channel_closed");
         for s in ch.subscribers.values() {
-            let _ = s.handle.send_as(super::UNSUBSCRIBED, Message::Text(notice.clone()));
+            let _ = s.handle.send_as(super::UNSUBSCRIBED, Message::Text(notice.clone().into()));
         }
         Some(Closed { unsubscribed: ch.subscribers.len(), history_dropped: ch.history.len() })
     }

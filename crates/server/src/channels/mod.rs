@@ -268,7 +268,7 @@ pub(crate) fn error_reply(id: Option<&Value>, reason: &str, detail: &str) -> Mes
     let mut out = String::from("{\"type\":\"error\"");
     put_id(&mut out, id);
     out.push_str(&format!(",\"reason\":{},\"detail\":{}}}", json_str(reason), json_str(detail)));
-    Message::Text(out)
+    Message::Text(out.into())
 }
 
 /// `{"type":"subscribed",..}`.
@@ -283,12 +283,12 @@ pub(crate) fn subscribed_reply(channel: &str, id: Option<&Value>, s: &hub::Subsc
     ));
     list(&mut out, &s.publications);
     out.push('}');
-    Message::Text(out)
+    Message::Text(out.into())
 }
 
 /// `{"type":"unsubscribed",..}`.
 pub(crate) fn unsubscribed_reply(channel: &str, id: Option<&Value>, reason: &str) -> Message {
-    Message::Text(unsubscribed_text(channel, id, reason))
+    Message::Text(unsubscribed_text(channel, id, reason).into())
 }
 
 /// The text of [`unsubscribed_reply`].
@@ -322,7 +322,7 @@ pub(crate) fn ok_reply(id: Option<&Value>, offset: Option<u64>) -> Message {
         out.push_str(&format!(",\"offset\":{o}"));
     }
     out.push('}');
-    Message::Text(out)
+    Message::Text(out.into())
 }
 
 /// `{"type":"presence",..}`.
@@ -335,7 +335,7 @@ pub(crate) fn presence_reply(
     put_id(&mut out, id);
     let users = serde_json::to_string(users).unwrap_or_else(|_| "[]".into());
     out.push_str(&format!(",\"channel\":{},\"users\":{users}}}", json_str(channel)));
-    Message::Text(out)
+    Message::Text(out.into())
 }
 
 /// `{"type":"history",..}`.
@@ -354,7 +354,7 @@ pub(crate) fn history_reply(
     ));
     list(&mut out, items);
     out.push('}');
-    Message::Text(out)
+    Message::Text(out.into())
 }
 
 // ---- metrics ----

@@ -270,7 +270,7 @@ enum Outgoing<'a> {
 
 fn envelope(env: &Outgoing<'_>) -> Message {
     match serde_json::to_string(env) {
-        Ok(text) => Message::Text(text),
+        Ok(text) => Message::Text(text.into()),
         // Never happens (strings, integers and raw JSON always serialise); stay on the protocol.
         Err(_) => Message::Text(r#"{"type":"error","reason":"internal_error","detail":""}"#.into()),
     }
@@ -298,9 +298,9 @@ pub(crate) fn wrap_reply(msg: Message) -> Message {
         Message::Text(text) => {
             let data = match serde_json::from_str::<&RawValue>(&text) {
                 Ok(raw) => return envelope(&Outgoing::Message { data: raw }),
-                Err(_) => {
-                    serde_json::to_string(&text).ok().and_then(|s| RawValue::from_string(s).ok())
-                }
+                Err(_) => serde_json::to_string(text.as_str())
+                    .ok()
+                    .and_then(|s| RawValue::from_string(s).ok()),
             };
             match data {
                 Some(raw) => envelope(&Outgoing::Message { data: &raw }),

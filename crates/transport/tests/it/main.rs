@@ -340,7 +340,7 @@ impl Handler for Hooked {
                 let mark = ctx.queued();
                 ctx.send(Message::Text(t))?;
                 ctx.map_queued(mark, |m| match m {
-                    Message::Text(t) => Message::Text(t.to_uppercase()),
+                    Message::Text(t) => Message::Text(t.to_uppercase().into()),
                     other => other,
                 });
                 Ok(())
@@ -351,14 +351,16 @@ impl Handler for Hooked {
 
     fn on_push(&mut self, msg: Message, kind: PushKind) -> Message {
         match msg {
-            Message::Text(t) if kind == PushKind::DEFAULT => Message::Text(format!("push:{t}")),
-            Message::Text(t) => Message::Text(format!("push{}:{t}", kind.0)),
+            Message::Text(t) if kind == PushKind::DEFAULT => {
+                Message::Text(format!("push:{t}").into())
+            }
+            Message::Text(t) => Message::Text(format!("push{}:{t}", kind.0).into()),
             other => other,
         }
     }
 
     fn on_closing(&mut self, close: &Close) -> Option<Message> {
-        Some(Message::Text(format!("closing {} {}", close.code, close.reason)))
+        Some(Message::Text(format!("closing {} {}", close.code, close.reason).into()))
     }
 }
 
