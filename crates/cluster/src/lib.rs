@@ -57,6 +57,7 @@
 //! # }
 //! ```
 
+pub mod channels;
 pub mod memory;
 pub mod redis_state;
 
@@ -145,6 +146,16 @@ pub trait SharedState: Send + Sync + 'static {
         data: String,
         delivered_here: usize,
     ) -> BoxFuture<'_, Result<PublishReport, ClusterError>>;
+
+    /// Channels shared by every node (cluster mode), or `None`: the node's own hub is the
+    /// whole truth (memory).
+    fn channel_store(
+        &self,
+        settings: channels::ChannelSettings,
+    ) -> Option<std::sync::Arc<dyn channels::ChannelStore>> {
+        let _ = settings;
+        None
+    }
 
     /// Metrics in OpenMetrics text (ending with `# EOF`); empty when there is nothing to show.
     fn encode_metrics(&self) -> String;

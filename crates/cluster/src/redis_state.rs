@@ -22,6 +22,9 @@ use redis::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 
+mod channels;
+
+use crate::channels::{ChannelSettings, ChannelStore, Remote, Sink};
 use crate::local::{Local, revocation_key, sort_sessions};
 use crate::metrics::ClusterMetrics;
 use crate::wire::{self, Envelope, Keys, Reply, Wire};
@@ -192,6 +195,8 @@ impl RedisState {
             maint: tokio::sync::Mutex::new(Maint::default()),
             scripts: Scripts::new(),
             last_command_error: Mutex::new(None),
+            channel_sink: Mutex::new(None),
+            channel_resync: AtomicBool::new(false),
         });
         tokio::spawn(reader(shared.clone(), push_rx));
         // First contact before serving, so that the node starts with the cluster's bans.
@@ -392,6 +397,10 @@ impl SharedState for RedisState {
         })
     }
 
+    fn channel_store(&self, settings: ChannelSettings) -> Option<Arc<dyn ChannelStore>> {
+        Some(Arc::new(channels::RedisChannels { shared: self.shared.clone(), settings }))
+    }
+
     fn encode_metrics(&self) -> String {
         let s = &self.shared;
         s.metrics.redis_up.set(i64::from(s.is_up()));
@@ -490,6 +499,7 @@ struct Scripts {
     list_sessions: Script,
     list_bans: Script,
     list_revocations: Script,
+    channels: channels::ChannelScripts,
 }
 
 impl Scripts {
@@ -500,6 +510,7 @@ impl Scripts {
             list_sessions: Script::new(&wire::list_sessions_script()),
             list_bans: Script::new(wire::LIST_BANS),
             list_revocations: Script::new(wire::LIST_REVOCATIONS),
+            channels: channels::ChannelScripts::new(),
         }
     }
 }
@@ -528,6 +539,10 @@ struct Shared {
     maint: tokio::sync::Mutex<Maint>,
     scripts: Scripts,
     last_command_error: Mutex<Option<Instant>>,
+    /// Where channel publications go ([`ChannelStore::set_sink`]).
+    channel_sink: Mutex<Option<Sink>>,
+    /// A disconnect was seen: channels may have missed publications ([`Remote::Resync`]).
+    channel_resync: AtomicBool,
 }
 
 impl Shared {
@@ -628,6 +643,7 @@ impl Shared {
             tracing::error!(kind = "cluster_outage", redis = %self.redacted_url, node = %self.cfg.node_id, error = %error, "cluster: redis unreachable; serving with the last known state until it returns");
         }
         self.catch_up.store(true, Ordering::SeqCst);
+        self.channel_resync.store(true, Ordering::SeqCst);
     }
 
     fn mark_up(&self) {
@@ -687,7 +703,8 @@ impl Shared {
     /// revocations. Redis counts as up again only when all of it worked.
     async fn catch_up_now(&self, m: &mut Maint) -> Result<(), ClusterError> {
         let mut con = self.con.clone();
-        let channels = vec![self.keys.events.clone(), self.keys.reply.clone()];
+        let channels =
+            vec![self.keys.events.clone(), self.keys.reply.clone(), self.keys.channels.clone()];
         self.call(con.subscribe(channels)).await?;
         let info: String =
             self.call(redis::cmd("INFO").arg("server").query_async(&mut con)).await?;
@@ -707,6 +724,9 @@ impl Shared {
         m.last_sync = Some(now);
         m.last_ping = Some(now);
         self.mark_up();
+        if self.channel_resync.swap(false, Ordering::SeqCst) {
+            self.to_sink(Remote::Resync);
+        }
         Ok(())
     }
 
@@ -897,6 +917,10 @@ impl Shared {
             }
             return;
         }
+        if channel == self.keys.channels {
+            self.on_channel_message(payload);
+            return;
+        }
         if channel != self.keys.events {
             return;
         }
@@ -985,6 +1009,7 @@ async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<PushInfo>) {
             PushKind::Disconnection => {
                 // Messages may have been missed: reload everything once reconnected.
                 shared.catch_up.store(true, Ordering::SeqCst);
+                shared.channel_resync.store(true, Ordering::SeqCst);
                 shared.wake.notify_one();
             }
             _ => {}

@@ -58,6 +58,8 @@ pub(crate) struct Keys {
     pub(crate) events: String,
     /// This node's reply channel.
     pub(crate) reply: String,
+    /// Pub/sub channel of channel publications, closes and admin unsubscribes.
+    pub(crate) channels: String,
     /// Sorted set: node id -> when its heartbeat runs out (Redis clock, ms).
     pub(crate) nodes: String,
     /// Hash: this node's session id -> session JSON.
@@ -74,6 +76,7 @@ impl Keys {
             prefix: prefix.to_owned(),
             events: format!("{prefix}events"),
             reply: format!("{prefix}reply:{node_id}"),
+            channels: format!("{prefix}channels"),
             nodes: format!("{prefix}nodes"),
             node: format!("{prefix}node:{node_id}"),
             bans: format!("{prefix}bans"),
@@ -108,7 +111,7 @@ pub(crate) fn user_member(node_id: &str, session_id: &str) -> String {
 
 /// Scripts take Redis's own clock (`TIME`) so that nodes' clocks need not agree, and extend a
 /// key's TTL without ever shortening it.
-const PRELUDE: &str = r#"
+pub(crate) const PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function keep(key, ttl)

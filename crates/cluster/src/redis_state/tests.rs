@@ -180,3 +180,126 @@ async fn two_nodes_share_bans_sessions_and_pushes() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+fn settings(history_size: usize) -> crate::channels::ChannelSettings {
+    crate::channels::ChannelSettings { history_size, history_ttl: None }
+}
+
+fn envelope(channel: &str, data: &str) -> crate::channels::Envelope {
+    crate::channels::Envelope {
+        prefix: format!("{{\"type\":\"publication\",\"channel\":\"{channel}\",\"offset\":"),
+        suffix: format!(",\"data\":{data}}}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_share_offsets_history_and_presence_across_nodes() {
+    use crate::channels::Remote;
+    let Some(redis) = RedisServer::start() else { return };
+    let (a, _a_events) = RedisState::start(config(redis.port, "a")).await.unwrap();
+    let (b, _b_events) = RedisState::start(config(redis.port, "b")).await.unwrap();
+    let ca = a.channel_store(settings(3)).expect("redis has channels");
+    let cb = b.channel_store(settings(3)).expect("redis has channels");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    cb.set_sink(std::sync::Arc::new(move |r| {
+        let _ = tx.send(r);
+    }));
+
+    // A fresh channel: a new epoch at offset 0; nothing to recover from another epoch.
+    let s = cb.stream("chat:a", Some(("nope".into(), 0))).await.unwrap();
+    assert_eq!((s.offset, s.recovered.clone()), (0, None));
+    let epoch = s.epoch;
+
+    // Publications from A get consecutive offsets in that epoch and reach B in order.
+    for i in 1..=4u64 {
+        let p = ca.publish("chat:a", envelope("chat:a", &i.to_string())).await.unwrap();
+        assert_eq!((p.epoch.as_str(), p.offset), (epoch.as_str(), i));
+    }
+    for i in 1..=4u64 {
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        let want = format!(
+            "{{\"type\":\"publication\",\"channel\":\"chat:a\",\"offset\":{i},\"data\":{i}}}"
+        );
+        assert_eq!(
+            got,
+            Remote::Publication {
+                channel: "chat:a".into(),
+                epoch: epoch.clone(),
+                offset: i,
+                json: want
+            }
+        );
+    }
+
+    // Recovery from B: within the 3 held, everything after the position; beyond, not recovered.
+    let s = cb.stream("chat:a", Some((epoch.clone(), 2))).await.unwrap();
+    assert_eq!(s.offset, 4);
+    let items = s.recovered.expect("recovered");
+    assert_eq!(items.len(), 2);
+    assert!(items[0].contains("\"offset\":3") && items[1].contains("\"offset\":4"));
+    assert_eq!(
+        cb.stream("chat:a", Some((epoch.clone(), 4))).await.unwrap().recovered,
+        Some(vec![])
+    );
+    assert_eq!(cb.stream("chat:a", Some((epoch.clone(), 0))).await.unwrap().recovered, None);
+    assert_eq!(cb.stream("chat:a", Some((epoch.clone(), 9))).await.unwrap().recovered, None);
+    let (e, items) = cb.history("chat:a", 2).await.unwrap();
+    assert_eq!((e.as_str(), items.len()), (epoch.as_str(), 2));
+    assert!(items[1].contains("\"offset\":4"));
+
+    // Presence across both nodes: one user on two nodes, another on one.
+    assert!(ca.join("chat:a", "u1", "a|1").await.unwrap());
+    assert!(!cb.join("chat:a", "u1", "b|7").await.unwrap());
+    assert!(cb.join("chat:a", "u2", "b|8").await.unwrap());
+    let mut users = ca.presence("chat:a").await.unwrap();
+    users.sort();
+    assert_eq!(users, [("u1".to_string(), 2), ("u2".to_string(), 1)]);
+    assert!(!ca.leave("chat:a", "u1", "a|1").await.unwrap());
+    assert!(cb.leave("chat:a", "u1", "b|7").await.unwrap());
+    assert_eq!(ca.presence("chat:a").await.unwrap(), [("u2".to_string(), 1)]);
+    ca.touch(vec![("chat:a".into(), "u3".into(), "a|9".into())]).await.unwrap();
+    assert_eq!(ca.presence("chat:a").await.unwrap().len(), 2);
+
+    // Closing drops the position: the next use starts a new epoch, and nodes are told.
+    ca.close("chat:a").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, Remote::Closed { channel: "chat:a".into() });
+    let p = ca.publish("chat:a", envelope("chat:a", "5")).await.unwrap();
+    assert_eq!(p.offset, 1);
+    assert_ne!(p.epoch, epoch);
+    ca.unsubscribe_user("chat:a", "u2").await.unwrap();
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        if let Remote::Unsubscribed { channel, user_id } = got {
+            assert_eq!((channel.as_str(), user_id.as_str()), ("chat:a", "u2"));
+            break;
+        }
+    }
+
+    // A flushed Redis has lost the history: a new epoch, nothing recovered.
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("FLUSHALL").query_async::<()>(&mut con).await.unwrap();
+    let s = cb.stream("chat:a", Some((p.epoch.clone(), 1))).await.unwrap();
+    assert_ne!(s.epoch, p.epoch);
+    assert_eq!((s.offset, s.recovered), (0, None));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn channels_fail_fast_while_redis_is_unreachable() {
+    let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (state, _events) = RedisState::start(config(port, "n1")).await.unwrap();
+    let store = state.channel_store(settings(10)).unwrap();
+    let started = Instant::now();
+    let err = store.publish("c", envelope("c", "1")).await.unwrap_err();
+    assert!(matches!(err, crate::ClusterError::Unavailable(_)), "{err:?}");
+    assert!(store.stream("c", None).await.is_err());
+    assert!(store.presence("c").await.is_err());
+    assert!(started.elapsed() < TIMEOUT * 2, "took {:?}", started.elapsed());
+    state.shutdown().await;
+}
