@@ -63,6 +63,9 @@ pub(crate) enum CloseCause {
     IdleTimeout,
     ShuttingDown,
     Restarting,
+    /// Cluster mode: this node missed channel publications (Redis was cut off, or lost the
+    /// channel's history); the client resubscribes with `since` and learns what it missed.
+    InsufficientState,
     GoingAway,
     OverCapacity,
     ProtocolError,
@@ -99,7 +102,7 @@ const fn row(
 
 impl CloseCause {
     /// Every cause, in the order of the table in docs/protocol.md.
-    pub(crate) const ALL: [CloseCause; 24] = [
+    pub(crate) const ALL: [CloseCause; 25] = [
         CloseCause::TokenExpired,
         CloseCause::InvalidToken,
         CloseCause::TokenRevoked,
@@ -115,6 +118,7 @@ impl CloseCause {
         CloseCause::IdleTimeout,
         CloseCause::ShuttingDown,
         CloseCause::Restarting,
+        CloseCause::InsufficientState,
         CloseCause::GoingAway,
         CloseCause::OverCapacity,
         CloseCause::ProtocolError,
@@ -179,6 +183,9 @@ impl CloseCause {
             }
             CloseCause::Restarting => {
                 row(SERVICE_RESTART, "server restarting", "restarting", Backoff, Info)
+            }
+            CloseCause::InsufficientState => {
+                row(SERVICE_RESTART, "channel state lost", "insufficient_state", Backoff, Warn)
             }
             CloseCause::GoingAway => row(GOING_AWAY, "", "going_away", Backoff, Info),
             CloseCause::OverCapacity => row(TRY_AGAIN_LATER, "", "over_capacity", Backoff, Warn),

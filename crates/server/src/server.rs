@@ -101,6 +101,11 @@ impl Server {
         };
         spawn_pruning(&parts.firewall, &parts.metrics, &tasks);
         spawn_channel_sweep(&parts.state.channels, &tasks);
+        spawn_channel_presence(
+            &parts.state.channels,
+            Duration::from_secs(config.cluster.heartbeat_secs),
+            &tasks,
+        );
         Ok(Server {
             echo_addr,
             secure_addr,
@@ -235,7 +240,7 @@ impl<H: Handler> Parts<H> {
         let metrics = Metrics::new();
         let audit = Audit::open(&config.audit)?;
         let (cluster, cluster_events) = crate::cluster::start(config).await?;
-        let (channel_hub, channel_policy) = crate::channels::build(config);
+        let (channel_hub, channel_policy) = crate::channels::build(config, &*cluster.state);
         let state = Arc::new(State::new(
             Arc::new(app),
             codec,
@@ -436,6 +441,29 @@ fn spawn_channel_sweep(hub: &Arc<crate::channels::Hub>, tasks: &Tasks) {
                     let freed = hub.sweep(Instant::now());
                     if freed > 0 {
                         tracing::debug!(bytes = freed, "expired channel history swept");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Cluster mode: keeps this node's channel subscriptions in the cluster's presence lists, once
+/// per `cluster.heartbeat_secs` (entries of a node that stops expire three heartbeats later).
+fn spawn_channel_presence(hub: &Arc<crate::channels::Hub>, every: Duration, tasks: &Tasks) {
+    if !hub.is_clustered() {
+        return;
+    }
+    let (hub, stop) = (hub.clone(), tasks.shutdown.clone());
+    tasks.tracker.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = hub.touch_presence().await {
+                        tracing::debug!(error = %e.0, "channel presence not refreshed; retrying at the next heartbeat");
                     }
                 }
             }

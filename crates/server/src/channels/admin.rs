@@ -15,7 +15,16 @@ use crate::admin::AdminState;
 struct Published {
     channel: String,
     offset: u64,
-    delivered: usize,
+    /// Subscribers of this node it was queued for; absent in cluster mode, where every node
+    /// (this one too) delivers it as it arrives from Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered: Option<usize>,
+}
+
+/// 503 for a request the cluster could not serve.
+fn unavailable(e: super::hub::Unavailable) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{}; retry when redis is reachable\n", e.0))
+        .into_response()
 }
 
 /// `POST /channels/{channel}/publish`.
@@ -45,7 +54,10 @@ pub(crate) async fn publish(
             return (StatusCode::BAD_REQUEST, msg).into_response();
         }
     };
-    let (offset, delivered) = hub.publish(&channel, data, None);
+    let (offset, delivered) = match hub.publish(&channel, data, None).await {
+        Ok(done) => done,
+        Err(e) => return unavailable(e),
+    };
     tracing::info!(endpoint = "admin", channel = %channel, offset, delivered, "channel publication");
     Json(Published { channel, offset, delivered }).into_response()
 }
@@ -69,7 +81,10 @@ pub(crate) async fn presence(
     if let Err(detail) = super::grants::validate_channel(&channel) {
         return (StatusCode::BAD_REQUEST, format!("bad channel: {detail}\n")).into_response();
     }
-    let users = state.channels.presence(&channel);
+    let users = match state.channels.presence(&channel).await {
+        Ok(users) => users,
+        Err(e) => return unavailable(e),
+    };
     Json(Presence { channel, users }).into_response()
 }
 
@@ -81,7 +96,8 @@ struct UserUnsubscribed<'a> {
 }
 
 /// `DELETE /channels/{channel}/subscribers/{user_id}`: every session of the user subscribed to
-/// the channel gets `unsubscribed` with `permission_revoked`. 404 when it had none.
+/// the channel gets `unsubscribed` with `permission_revoked`. 404 when it had none (one node;
+/// in cluster mode every node ends its own, and the count is this node's).
 pub(crate) async fn unsubscribe_user(
     State(state): State<AdminState>,
     Path((channel, user_id)): Path<(String, String)>,
@@ -90,8 +106,11 @@ pub(crate) async fn unsubscribe_user(
         return (StatusCode::BAD_REQUEST, format!("bad channel: {detail}\n")).into_response();
     }
     let hub = &state.channels;
-    let n = hub.unsubscribe_user(&channel, &user_id, "permission_revoked");
-    if n == 0 {
+    let n = match hub.unsubscribe_user(&channel, &user_id).await {
+        Ok(n) => n,
+        Err(e) => return unavailable(e),
+    };
+    if n == 0 && !hub.is_clustered() {
         return (StatusCode::NOT_FOUND, "no subscription of that user to that channel\n")
             .into_response();
     }
@@ -118,7 +137,11 @@ pub(crate) async fn close(
     if let Err(detail) = super::grants::validate_channel(&channel) {
         return (StatusCode::BAD_REQUEST, format!("bad channel: {detail}\n")).into_response();
     }
-    match state.channels.close(&channel) {
+    let closed = match state.channels.close(&channel).await {
+        Ok(closed) => closed,
+        Err(e) => return unavailable(e),
+    };
+    match closed {
         Some(closed) => {
             tracing::info!(endpoint = "admin", channel = %channel, unsubscribed = closed.unsubscribed, history_dropped = closed.history_dropped, "channel closed by admin");
             Json(ChannelClosed { channel: &channel, closed }).into_response()

@@ -14,7 +14,7 @@ pub(crate) mod hub;
 
 use std::sync::Arc;
 
-use palisade_transport::{Message, PushKind};
+use palisade_transport::{Message, PushKind, Utf8Bytes};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -94,10 +94,28 @@ impl Policy {
     }
 }
 
-/// The hub and policy of a server, from its configuration.
-pub(crate) fn build(config: &crate::config::Config) -> (Arc<Hub>, Arc<Policy>) {
+/// The hub and policy of a server, from its configuration; the hub shares its channels
+/// through the cluster when it offers a channel store (cluster mode), and then receives what
+/// the store delivers.
+pub(crate) fn build(
+    config: &crate::config::Config,
+    cluster: &dyn palisade_cluster::SharedState,
+) -> (Arc<Hub>, Arc<Policy>) {
     let settings = HubSettings::new(&config.channels, config.limits.max_message_bytes);
-    (Arc::new(Hub::new(settings)), Arc::new(Policy::new(&config.channels)))
+    let hub = match cluster.channel_store(settings.store_settings()) {
+        Some(store) => {
+            let hub = Arc::new(Hub::clustered(settings, store.clone(), cluster.node_id()));
+            let weak = Arc::downgrade(&hub);
+            store.set_sink(Arc::new(move |remote| {
+                if let Some(hub) = weak.upgrade() {
+                    hub.deliver(remote);
+                }
+            }));
+            hub
+        }
+        None => Arc::new(Hub::new(settings)),
+    };
+    (hub, Arc::new(Policy::new(&config.channels)))
 }
 
 impl Default for Hub {
@@ -252,7 +270,7 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-fn list(out: &mut String, items: &[Arc<str>]) {
+fn list(out: &mut String, items: &[Utf8Bytes]) {
     out.push('[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
@@ -343,7 +361,7 @@ pub(crate) fn history_reply(
     channel: &str,
     id: Option<&Value>,
     epoch: &str,
-    items: &[Arc<str>],
+    items: &[Utf8Bytes],
 ) -> Message {
     let mut out = String::from("{\"type\":\"history\"");
     put_id(&mut out, id);
@@ -377,11 +395,15 @@ pub(crate) fn append_metrics(body: &mut String, hub: &Hub) {
          # TYPE palisade_channel_recoveries counter\n\
          # HELP palisade_channel_recoveries Subscribes with `since`, by outcome.\n\
          palisade_channel_recoveries_total{{outcome=\"recovered\"}} {}\n\
-         palisade_channel_recoveries_total{{outcome=\"not_recovered\"}} {}\n",
+         palisade_channel_recoveries_total{{outcome=\"not_recovered\"}} {}\n\
+         # TYPE palisade_channel_state_lost counter\n\
+         # HELP palisade_channel_state_lost Cluster mode: subscriptions closed with insufficient_state because this node missed publications.\n\
+         palisade_channel_state_lost_total {}\n",
         s.subscriptions.load(Relaxed),
         s.publications.load(Relaxed),
         s.recovered.load(Relaxed),
         s.not_recovered.load(Relaxed),
+        s.state_lost.load(Relaxed),
     );
     m.push_str(
         "# TYPE palisade_channel_denials counter\n\

@@ -84,7 +84,7 @@ impl ConnChannels {
     }
 
     /// A channel envelope from an authenticated session. A refusal never closes the connection.
-    pub(super) fn request<H: Handler>(
+    pub(super) async fn request<H: Handler>(
         &mut self,
         core: &Session<H>,
         req: Result<Request, BadRequest>,
@@ -111,8 +111,13 @@ impl ConnChannels {
                     );
                     return Self::refuse(core, id.as_ref(), "too_many_subscriptions", &detail, ctx);
                 }
-                let answer =
-                    hub.subscribe(&channel, self.sub, &user_id, &ctx.handle(), since.as_ref());
+                let answer = match hub
+                    .subscribe(&channel, self.sub, &user_id, &ctx.handle(), since.as_ref())
+                    .await
+                {
+                    Ok(answer) => answer,
+                    Err(e) => return Self::refuse(core, id.as_ref(), "unavailable", &e.0, ctx),
+                };
                 self.subs.insert(channel.clone());
                 ctx.send(channels::subscribed_reply(&channel, id.as_ref(), &answer))
             }
@@ -131,14 +136,20 @@ impl ConnChannels {
                     let detail = format!("data is {} bytes; at most {max}", data.get().len());
                     return Self::refuse(core, id.as_ref(), "message_too_big", &detail, ctx);
                 }
-                let (offset, _) = hub.publish(&channel, &data, Some(&user_id));
+                let offset = match hub.publish(&channel, &data, Some(&user_id)).await {
+                    Ok((offset, _)) => offset,
+                    Err(e) => return Self::refuse(core, id.as_ref(), "unavailable", &e.0, ctx),
+                };
                 ctx.send(channels::ok_reply(id.as_ref(), Some(offset)))
             }
             Request::Presence { channel, id } => {
                 if let Err(d) = self.authorize(core, &channel, Right::Presence) {
                     return Self::refuse(core, id.as_ref(), "permission_denied", &d.detail, ctx);
                 }
-                let users = hub.presence(&channel);
+                let users = match hub.presence(&channel).await {
+                    Ok(users) => users,
+                    Err(e) => return Self::refuse(core, id.as_ref(), "unavailable", &e.0, ctx),
+                };
                 ctx.send(channels::presence_reply(&channel, id.as_ref(), &users))
             }
             Request::History { channel, id, limit } => {
@@ -150,7 +161,13 @@ impl ConnChannels {
                     let detail = "this server keeps no history (channels.history_size = 0)";
                     return Self::refuse(core, id.as_ref(), "unavailable", detail, ctx);
                 }
-                let (epoch, items) = hub.history(&channel, limit.unwrap_or(size).min(size));
+                let (epoch, items) =
+                    match hub.history(&channel, limit.unwrap_or(size).min(size)).await {
+                        Ok(held) => held,
+                        Err(e) => {
+                            return Self::refuse(core, id.as_ref(), "unavailable", &e.0, ctx);
+                        }
+                    };
                 ctx.send(channels::history_reply(&channel, id.as_ref(), &epoch, &items))
             }
         }

@@ -381,7 +381,7 @@ impl<H: Handler> V1<H> {
                 .map(|()| None),
             (Envelope::Refresh(token), true) => self.refresh(&token, ctx).await.map(|()| None),
             (Envelope::Channel(req), true) => {
-                self.channels.request(&self.session, req, ctx).map(|()| None)
+                self.channels.request(&self.session, req, ctx).await.map(|()| None)
             }
             (Envelope::Message(_) | Envelope::Refresh(_) | Envelope::Channel(_), false) => {
                 Err(self.state.fail(CloseCause::NotAuthenticated, "send an `auth` envelope first"))
