@@ -670,7 +670,8 @@ impl Shared {
         }
         let now = Instant::now();
         if self.catch_up.swap(false, Ordering::SeqCst) || !self.is_up() {
-            if self.catch_up_now(&mut m).await.is_err() {
+            if let Err(e) = self.catch_up_now(&mut m).await {
+                tracing::debug!(error = %e, "cluster: catching up failed; retrying");
                 self.catch_up.store(true, Ordering::SeqCst);
             }
             return;
@@ -741,6 +742,10 @@ impl Shared {
         let now = unix_now();
         for r in self.local.revocations(now) {
             self.revocation_cmds(&mut pipe, &r, now);
+        }
+        if pipe.cmd_iter().next().is_none() {
+            // Nothing to restore (redis-rs refuses an empty pipeline).
+            return Ok(());
         }
         let mut con = self.con.clone();
         self.call(pipe.query_async::<()>(&mut con)).await

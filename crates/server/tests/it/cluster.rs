@@ -646,3 +646,5 @@ async fn a_user_who_does_not_read_pushes_is_closed_not_buffered() {
     }
     assert!(read <= accepted, "read {read}, accepted {accepted}");
 }
+
+mod channels;

@@ -17,6 +17,6 @@ mod monitoring;
 mod per_ip;
 mod raw;
 mod secure;
-mod subprotocol;
+pub(crate) mod subprotocol;
 mod support;
 mod tls;

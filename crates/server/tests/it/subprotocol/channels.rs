@@ -17,7 +17,7 @@ use super::v1::{
 use crate::support::{SECRET, STEP, Server, Ws, metric, mint, now, toml_path};
 
 /// A token for `user_id` with `grants` as its `channels` claim (none when null).
-fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
+pub(crate) fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
     let mut claims = Claims::new(user_id);
     claims.exp = Some(now() + ttl);
     claims.iat = Some(now());
@@ -28,19 +28,19 @@ fn grant_token(user_id: &str, grants: &Value, ttl: u64) -> String {
 }
 
 /// Connects and authenticates as `user_id` with these grants.
-async fn login(server: &Server, user_id: &str, grants: Value) -> Ws {
+pub(crate) async fn login(server: &Server, user_id: &str, grants: Value) -> Ws {
     let mut ws = connect_v1(server, &[]).await;
     send(&mut ws, &json!({"type": "auth", "token": grant_token(user_id, &grants, 600)})).await;
     expect_type(&mut ws, "authenticated").await;
     ws
 }
 
-fn all_rights() -> Value {
+pub(crate) fn all_rights() -> Value {
     json!(["subscribe", "publish", "presence", "history"])
 }
 
 /// Sends a request and returns the next envelope, which must have `kind`.
-async fn ask(ws: &mut Ws, request: Value, kind: &str) -> Value {
+pub(crate) async fn ask(ws: &mut Ws, request: Value, kind: &str) -> Value {
     send(ws, &request).await;
     let reply = expect_type(ws, kind).await;
     if let Some(id) = request.get("id") {
@@ -50,27 +50,27 @@ async fn ask(ws: &mut Ws, request: Value, kind: &str) -> Value {
 }
 
 /// Sends a request and expects an `error` with `reason` and the request's id.
-async fn refused(ws: &mut Ws, request: Value, reason: &str) -> String {
+pub(crate) async fn refused(ws: &mut Ws, request: Value, reason: &str) -> String {
     let reply = ask(ws, request, "error").await;
     assert_eq!(reply["reason"], reason, "{reply}");
     reply["detail"].as_str().expect("detail").to_owned()
 }
 
-async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
+pub(crate) async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
     let reply =
         ask(ws, json!({"type": "subscribe", "channel": channel, "id": 1}), "subscribed").await;
     assert_eq!(reply["channel"], channel);
     reply
 }
 
-async fn publish(ws: &mut Ws, channel: &str, data: Value) -> u64 {
+pub(crate) async fn publish(ws: &mut Ws, channel: &str, data: Value) -> u64 {
     let reply =
         ask(ws, json!({"type": "publish", "channel": channel, "data": data, "id": 2}), "ok").await;
     reply["offset"].as_u64().expect("offset")
 }
 
 /// The next envelope is a publication on `channel`.
-async fn publication(ws: &mut Ws, channel: &str) -> Value {
+pub(crate) async fn publication(ws: &mut Ws, channel: &str) -> Value {
     let p = expect_type(ws, "publication").await;
     assert_eq!(p["channel"], channel, "{p}");
     p

@@ -3,9 +3,9 @@
 //! warnings, refresh and its refusals, bad envelopes, the error envelope before every close, and
 //! the browser client of docs/subprotocol.md run in Node's standard `WebSocket`.
 
-mod channels;
+pub(crate) mod channels;
 mod node;
-mod v1;
+pub(crate) mod v1;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -35,7 +35,7 @@ fn in_process_config() -> palisade_server::config::Config {
     config
 }
 
-async fn bounded<F: Future<Output = ()>>(limit_secs: u64, test: F) {
+pub(crate) async fn bounded<F: Future<Output = ()>>(limit_secs: u64, test: F) {
     timeout(Duration::from_secs(limit_secs), test)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {limit_secs} s"));
