@@ -415,6 +415,8 @@ pub struct ChannelsConfig {
     pub grants_claim: String,
     /// Channel patterns any authenticated session may subscribe to.
     pub public: Vec<String>,
+    /// Largest `data` of one publication, in bytes (0: `limits.max_message_bytes`).
+    pub max_data_bytes: usize,
 }
 
 impl Default for ChannelsConfig {
@@ -427,6 +429,7 @@ impl Default for ChannelsConfig {
             presence_events: false,
             grants_claim: "channels".into(),
             public: Vec::new(),
+            max_data_bytes: 0,
         }
     }
 }
@@ -555,6 +558,13 @@ impl Config {
         }
         positive("log.max_file_bytes", self.log.max_file_bytes)?;
         crate::channels::validate(&self.channels)?;
+        if self.channels.max_data_bytes > self.limits.max_message_bytes {
+            bail!(
+                "channels.max_data_bytes ({}) is larger than limits.max_message_bytes ({}): a publish that large could not arrive; lower it, or set 0 to use limits.max_message_bytes",
+                self.channels.max_data_bytes,
+                self.limits.max_message_bytes
+            );
+        }
         self.cluster.validate()?;
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), None) => {

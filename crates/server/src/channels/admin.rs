@@ -39,8 +39,10 @@ pub(crate) async fn publish(
     let hub = &state.channels;
     let max = hub.settings.max_data_bytes;
     if body.len() > max {
-        let msg =
-            format!("data is {} bytes; at most {max} (limits.max_message_bytes)\n", body.len());
+        let msg = format!(
+            "data is {} bytes; at most {max} (channels.max_data_bytes, or limits.max_message_bytes when 0)\n",
+            body.len()
+        );
         return (StatusCode::PAYLOAD_TOO_LARGE, msg).into_response();
     }
     let text = match std::str::from_utf8(&body) {

@@ -38,7 +38,8 @@ pub(crate) struct HubSettings {
     pub(crate) history_ttl: Option<Duration>,
     pub(crate) history_max_bytes: usize,
     pub(crate) presence_events: bool,
-    /// Largest `data` of a publish, in bytes (`limits.max_message_bytes`).
+    /// Largest `data` of a publish, in bytes (`channels.max_data_bytes`, else
+    /// `limits.max_message_bytes`).
     pub(crate) max_data_bytes: usize,
 }
 
@@ -49,7 +50,10 @@ impl HubSettings {
             history_ttl: (c.history_ttl_secs > 0).then(|| Duration::from_secs(c.history_ttl_secs)),
             history_max_bytes: c.history_max_bytes,
             presence_events: c.presence_events,
-            max_data_bytes: max_message_bytes,
+            max_data_bytes: match c.max_data_bytes {
+                0 => max_message_bytes,
+                n => n.min(max_message_bytes),
+            },
         }
     }
 

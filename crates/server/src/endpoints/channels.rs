@@ -133,7 +133,10 @@ impl ConnChannels {
                 }
                 let max = hub.settings.max_data_bytes;
                 if data.get().len() > max {
-                    let detail = format!("data is {} bytes; at most {max}", data.get().len());
+                    let detail = format!(
+                        "data is {} bytes; at most {max} (channels.max_data_bytes, or limits.max_message_bytes when 0)",
+                        data.get().len()
+                    );
                     return Self::refuse(core, id.as_ref(), "message_too_big", &detail, ctx);
                 }
                 let offset = match hub.publish(&channel, &data, Some(&user_id)).await {

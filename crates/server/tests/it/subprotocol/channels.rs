@@ -196,10 +196,12 @@ async fn public_channels_and_admin_publish_reach_subscribers() {
         assert_eq!(status, 400);
         let (status, _) = http(server.admin, "POST", "/channels/a%20b/publish", "1").await;
         assert_eq!(status, 400);
-        // Data larger than `limits.max_message_bytes` (64 KiB) is refused and names the key.
+        // Data larger than `limits.max_message_bytes` (64 KiB, as `channels.max_data_bytes` is
+        // 0) is refused and names the keys.
         let big = format!("\"{}\"", "x".repeat(70 * 1024));
         let (status, body) = http(server.admin, "POST", "/channels/news/publish", &big).await;
         assert_eq!(status, 413, "{body}");
+        assert!(body.contains("channels.max_data_bytes"), "{body}");
         assert!(body.contains("limits.max_message_bytes"), "{body}");
         nothing_pending(&mut a).await;
     })
@@ -715,6 +717,83 @@ async fn the_applications_hooks_refuse_and_allow_in_a_server_started_in_process(
         assert_eq!(publication(&mut vip, "chat:vip").await["data"], "hello");
         nothing_pending(&mut ws).await;
         assert!(server.shutdown().await, "drained");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_closed_alone_and_the_others_get_everything() {
+    bounded(60, async {
+        let server = Server::start(
+            "channels.public = [\"feed\"]\nlimits.outbound_queue = 32\nfirewall.messages_per_sec = 100000",
+        );
+        // Never reads: its socket buffers fill, then its queue of 32.
+        let mut slow = login(&server, "slow", Value::Null).await;
+        subscribe(&mut slow, "feed").await;
+        let mut readers = Vec::new();
+        for i in 0..4 {
+            let mut ws = login(&server, &format!("fast{i}"), Value::Null).await;
+            subscribe(&mut ws, "feed").await;
+            readers.push(ws);
+        }
+        const N: u64 = 1500;
+        let readers: Vec<_> = readers
+            .into_iter()
+            .map(|mut ws| {
+                tokio::spawn(async move {
+                    for n in 1..=N {
+                        let p = publication(&mut ws, "feed").await;
+                        assert_eq!(p["offset"], n, "{}", p["offset"]);
+                    }
+                })
+            })
+            .collect();
+        let mut publisher = login(&server, "pub", json!({"feed": ["publish"]})).await;
+        let filler = "x".repeat(4096);
+        for n in 1..=N {
+            assert_eq!(publish(&mut publisher, "feed", json!({"n": n, "pad": filler})).await, n);
+        }
+        for r in readers {
+            r.await.expect("every fast subscriber got every publication in order");
+        }
+        // The slow one got a prefix, then its close.
+        let mut got = 0u64;
+        loop {
+            match v1::next_within(&mut slow, STEP).await {
+                Frame::Envelope(p) if p["type"] == "publication" => {
+                    got += 1;
+                    assert_eq!(p["offset"], got);
+                }
+                Frame::Envelope(e) if e["type"] == "error" => {
+                    assert_eq!(e["reason"], "slow_consumer", "{e}");
+                }
+                Frame::Close(code, reason) => {
+                    assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+                    break;
+                }
+                other => panic!("slow subscriber: unexpected {other:?}"),
+            }
+        }
+        assert!(got < N, "the slow subscriber was closed before the end ({got} of {N})");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn publications_over_channels_max_data_bytes_are_refused_and_the_connection_stays() {
+    bounded(20, async {
+        let server = Server::start("channels.max_data_bytes = 100");
+        let mut ws = login(&server, "a", json!({"chat:*": all_rights()})).await;
+        let big = json!({"type": "publish", "channel": "chat:a", "data": "x".repeat(200), "id": 5});
+        let detail = refused(&mut ws, big, "message_too_big").await;
+        assert!(detail.contains("channels.max_data_bytes"), "{detail}");
+        assert_eq!(publish(&mut ws, "chat:a", json!("small")).await, 1);
+        // A limit no publish could reach is a configuration error naming both keys.
+        let err = palisade_server::config::Config::from_toml(
+            "[channels]\nmax_data_bytes = 70000\n[limits]\nmax_message_bytes = 65536",
+        )
+        .expect_err("over the message limit");
+        assert!(err.to_string().contains("channels.max_data_bytes"), "{err}");
     })
     .await;
 }
