@@ -275,7 +275,7 @@ async fn without_the_admin_token_the_page_shows_no_data() {
 #[tokio::test]
 async fn screenshot_of_the_dashboard_under_load() {
     bounded(async {
-        let server = Server::start("");
+        let server = Server::start("channels.public = [\"chat:*\", \"news\"]");
         let Some(browser) = Browser::start().await else { return };
         browser.open_dashboard(server.admin).await;
         browser.wait_live().await;
@@ -289,6 +289,21 @@ async fn screenshot_of_the_dashboard_under_load() {
         let mut sessions = Vec::new();
         for user in ["alice", "bob", "carol@example.com", "<img src=x onerror=alert(1)>"] {
             sessions.push(authenticated(&server, user).await);
+        }
+        // Channel subscribers (palisade.v1 sessions too), for the busiest-channels table.
+        let mut subscribers = Vec::new();
+        for (user, channels) in [
+            ("dana", &["chat:lobby", "news"][..]),
+            ("eve", &["chat:lobby", "news"]),
+            ("frank", &["chat:lobby"]),
+            ("grace", &["chat:support", "news"]),
+        ] {
+            let mut ws =
+                crate::subprotocol::channels::login(&server, user, serde_json::Value::Null).await;
+            for channel in channels {
+                crate::subprotocol::channels::subscribe(&mut ws, channel).await;
+            }
+            subscribers.push(ws);
         }
         for ip in ["192.0.2.10", "198.51.100.23", "2001:db8::5"] {
             let body = format!(r#"{{"ip": "{ip}", "secs": 900}}"#);
@@ -311,6 +326,13 @@ async fn screenshot_of_the_dashboard_under_load() {
                     assert!(matches!(reply, Some(Ok(Message::Text(_)))), "{reply:?}");
                 }
             }
+            for (channel, n) in [("chat:lobby", 3), ("news", 1), ("chat:support", second % 2)] {
+                for _ in 0..n {
+                    let path = format!("/channels/{channel}/publish");
+                    let body = format!(r#"{{"second": {second}}}"#);
+                    assert_eq!(http(server.admin, "POST", &path, &[], &body).await.status, 200);
+                }
+            }
             if second.is_multiple_of(3) {
                 let mut bad = connect(server.secure).await;
                 send_text(&mut bad, "not.a.token").await;
@@ -325,7 +347,7 @@ async fn screenshot_of_the_dashboard_under_load() {
             let next = started + Duration::from_secs(second);
             tokio::time::sleep_until(next.into()).await;
         }
-        browser.wait_text("sessions-active", "four sessions", |t| t == "4").await;
+        browser.wait_text("sessions-active", "eight sessions", |t| t == "8").await;
         browser.wait_text("bans-active", "three bans", |t| t == "3").await;
         let png = browser.client.screenshot().await.expect("screenshot");
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is not a PNG");
@@ -337,7 +359,7 @@ async fn screenshot_of_the_dashboard_under_load() {
         }
         assert_eq!(browser.text("page-errors").await, "0");
         browser.assert_console_clean().await;
-        for mut ws in echo.into_iter().chain(sessions) {
+        for mut ws in echo.into_iter().chain(sessions).chain(subscribers) {
             let _ = ws.send(Message::Close(None)).await;
         }
         browser.quit().await;
