@@ -134,21 +134,23 @@ impl Channel {
     }
 
     /// Closes every active subscriber (pending ones are checked against Redis's answer): this
-    /// node missed publications of the channel. Returns how many.
-    fn lose_state(&mut self) -> usize {
+    /// node missed publications of the channel. Returns them (subscriber id, user id).
+    fn lose_state(&mut self) -> Vec<(u64, String)> {
         let lost: Vec<u64> = self
             .subscribers
             .iter()
             .filter(|(_, s)| s.pending.is_none())
             .map(|(id, _)| *id)
             .collect();
-        for id in &lost {
-            if let Some(s) = self.subscribers.remove(id) {
+        let mut out = Vec::with_capacity(lost.len());
+        for id in lost {
+            if let Some(s) = self.subscribers.remove(&id) {
                 s.handle.close(CloseCause::InsufficientState.close());
                 self.remove_user(&s.user_id);
+                out.push((id, s.user_id));
             }
         }
-        lost.len()
+        out
     }
 }
 
@@ -415,13 +417,13 @@ impl Hub {
                 return Ok(answer);
             };
             let Some(mut s) = ch.subscribers.remove(&sub) else { return Ok(answer) };
-            if ch.epoch.is_empty() {
-                // The first subscriber here sets the channel's position.
-                ch.epoch = stream.epoch.clone();
-                ch.offset = stream.offset;
-            } else if ch.epoch != stream.epoch {
-                // Redis moved to a new epoch this node has not seen: its subscribers missed it.
-                self.stats.state_lost.fetch_add(ch.lose_state() as u64, Ordering::Relaxed);
+            // Whether this subscriber sets the channel's position here: it is the first, or
+            // Redis moved to a new epoch this node has not seen (its subscribers missed it).
+            let sets_position = ch.epoch != stream.epoch;
+            if sets_position {
+                if !ch.epoch.is_empty() {
+                    self.lose_state(ch, channel);
+                }
                 ch.epoch = stream.epoch.clone();
                 ch.offset = stream.offset;
             }
@@ -449,7 +451,11 @@ impl Hub {
                 return Ok(answer);
             }
             s.from = last;
-            ch.offset = ch.offset.max(last);
+            if sets_position {
+                ch.offset = last;
+            }
+            // Otherwise the channel's other subscribers go on from where they are: what this one
+            // already has (up to `from`) is skipped for it alone.
             ch.subscribers.insert(sub, s);
             self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             ch.add_user(user_id);
@@ -478,6 +484,19 @@ impl Hub {
                 tracing::debug!(channel, error = %e, "channel presence not recorded; the heartbeat will")
             }
         }
+    }
+
+    /// This node missed publications of `channel`: its subscribers here are closed with
+    /// `insufficient_state` and leave the presence list. Returns how many.
+    fn lose_state(&self, ch: &mut Channel, channel: &str) -> usize {
+        let lost = ch.lose_state();
+        self.stats.state_lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        if let Some(cluster) = &self.cluster {
+            for (sub, user_id) in &lost {
+                self.leave(cluster, channel, *sub, user_id);
+            }
+        }
+        lost.len()
     }
 
     /// Forgets a pending subscriber whose position Redis did not give.
@@ -700,7 +719,7 @@ impl Hub {
         }
         if epoch != ch.epoch || offset > ch.offset + 1 {
             // A new epoch (Redis lost the channel) or a gap (a message was lost on the way).
-            lost = ch.lose_state();
+            lost = self.lose_state(ch, channel);
             tracing::warn!(channel, epoch = %epoch, offset, expected = ch.offset + 1, subscribers = lost, "channel publications missed on this node; its subscribers resubscribe");
             ch.epoch = epoch;
             ch.offset = offset;
@@ -713,8 +732,7 @@ impl Hub {
                 }
             }
         }
-        self.stats.state_lost.fetch_add(lost as u64, Ordering::Relaxed);
-        if ch.subscribers.is_empty() {
+        if lost > 0 && ch.subscribers.is_empty() {
             inner.channels.remove(channel);
         }
     }
@@ -738,16 +756,27 @@ impl Hub {
         rt.spawn(async move {
             for (channel, epoch, offset) in known {
                 let Ok(stream) = store.stream(&channel, None).await else { continue };
-                if stream.epoch == epoch && stream.offset == offset {
+                if stream.epoch == epoch && stream.offset <= offset {
+                    continue;
+                }
+                // Publications made just before the answer may still be on their way here.
+                let behind = |hub: &Hub| {
+                    hub.lock().channels.get(&channel).is_some_and(|ch| {
+                        ch.epoch == epoch && (stream.epoch != epoch || ch.offset < stream.offset)
+                    })
+                };
+                if !behind(&hub) {
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if !behind(&hub) {
                     continue;
                 }
                 let mut inner = hub.lock();
                 if let Some(ch) = inner.channels.get_mut(&channel)
                     && ch.epoch == epoch
-                    && ch.offset == offset
                 {
-                    let lost = ch.lose_state();
-                    hub.stats.state_lost.fetch_add(lost as u64, Ordering::Relaxed);
+                    let lost = hub.lose_state(ch, &channel);
                     tracing::warn!(channel = %channel, subscribers = lost, "channel moved on while redis was out of reach; its subscribers resubscribe");
                     ch.epoch.clear();
                     ch.offset = 0;

@@ -119,7 +119,9 @@ impl<H: Handler> Session<H> {
     /// waiting for at most one fetch of its issuer's keys.
     pub(super) async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
         let result = match &self.state.codec {
-            Some(verifier) => verifier.verify(token, unix_now()).await,
+            // Boxed: verifying (which may fetch an issuer's keys) is a large future that would
+            // otherwise size every connection's task for good, for a call made once per token.
+            Some(verifier) => Box::pin(verifier.verify(token, unix_now())).await,
             None => Err(VerifyError::Token(TokenError::UnknownKey)),
         };
         self.verified(token, result)

@@ -288,3 +288,47 @@ async fn a_redis_outage_refuses_channel_requests_and_lost_history_means_a_new_ep
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_joining_during_a_stream_get_everything_after_their_position_once() {
+    bounded(90, async {
+        let caps = "channels.public = [\"live\"]\nfirewall.handshakes_per_sec_per_ip = 0\nfirewall.messages_per_sec = 100000";
+        let Some((_redis, nodes)) = cluster(2, caps) else { return };
+        let mut publisher = login(&nodes[0], "pub", json!({"live": ["publish"]})).await;
+        // Some subscribers before the stream starts.
+        let mut subscribers = Vec::new();
+        for i in 0..4 {
+            let mut ws = login(&nodes[i % 2], &format!("early{i}"), Value::Null).await;
+            let at = subscribe(&mut ws, "live").await["offset"].as_u64().expect("offset");
+            subscribers.push((ws, at));
+        }
+        const K: u64 = 600;
+        let stream = tokio::spawn(async move {
+            for k in 1..=K {
+                assert_eq!(publish(&mut publisher, "live", json!(k)).await, k);
+            }
+        });
+        // More join on both nodes while publications flow.
+        for i in 0..30 {
+            let mut ws = login(&nodes[i % 2], &format!("late{i}"), Value::Null).await;
+            let at = subscribe(&mut ws, "live").await["offset"].as_u64().expect("offset");
+            subscribers.push((ws, at));
+            tokio::time::sleep(Duration::from_millis(7)).await;
+        }
+        stream.await.expect("the publisher got every ok");
+        let positions: Vec<u64> = subscribers.iter().map(|(_, at)| *at).collect();
+        assert!(positions.iter().any(|&at| at > 0 && at < K), "nobody joined mid-stream: {positions:?}");
+        let readers = subscribers.into_iter().map(|(mut ws, at)| {
+            tokio::spawn(async move {
+                for k in at + 1..=K {
+                    let p = publication(&mut ws, "live").await;
+                    assert_eq!(p["offset"], k, "joined at {at}: {p}");
+                }
+            })
+        });
+        for r in readers.collect::<Vec<_>>() {
+            r.await.expect("each subscriber saw every publication after its position, once, in order");
+        }
+    })
+    .await;
+}
