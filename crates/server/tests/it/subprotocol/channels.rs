@@ -759,7 +759,7 @@ async fn a_slow_subscriber_is_closed_alone_and_the_others_get_everything() {
         // The slow one got a prefix, then its close.
         let mut got = 0u64;
         loop {
-            match v1::next_within(&mut slow, STEP).await {
+            match next_within(&mut slow, STEP).await {
                 Frame::Envelope(p) if p["type"] == "publication" => {
                     got += 1;
                     assert_eq!(p["offset"], got);
