@@ -23,18 +23,21 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::bench_fanout;
 use crate::jwks::{JwksServer, jwks_json, rsa_public_jwk};
 use crate::process::{self, PalisadeProcess, mint};
 use crate::{cargo, root, status};
 
 pub(crate) const USAGE: &str = "\
-  bench [--quick] [--only S1,S2,...] [--reps N] [--held N] [--write]
+  bench [--quick] [--only S1,S2,F1,...] [--reps N] [--held N] [--rate R] [--write]
                            benchmarks against echo baselines (tokio-tungstenite, fastwebsockets,
                            uWebSockets.js, Python websockets) in the same run (release build,
-                           servers on core 0, load on core 1); writes docs/benchmarks.md,
-                           .json and .svg (--quick: under 5 minutes, nothing written unless
-                           --write); --held: connections held in S6 (default 19000: each
-                           process needs that many open files)
+                           servers on core 0, load on core 1), and channel fan-out (F1: 1000
+                           subscribers, F10: 10000; one node and two nodes over Redis);
+                           writes docs/benchmarks.md, .json and .svg (--quick: under 5
+                           minutes, nothing written unless --write); --held: connections held
+                           in S6 (default 19000: each process needs that many open files);
+                           --rate: fan-out publications per second (default F1 1000, F10 100)
 ";
 
 /// The servers under test.
@@ -93,6 +96,10 @@ struct Plan {
     hold_conns: usize,
     hold_secs: f64,
     only: Option<Vec<String>>,
+    /// Fan-out publications per second for F1 and F10 (default: each scenario's own).
+    rate: Option<u32>,
+    /// Seconds of publishing per fan-out run.
+    fanout_secs: f64,
 }
 
 impl Plan {
@@ -113,6 +120,8 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         hold_conns: 19_000,
         hold_secs: 60.0,
         only: None,
+        rate: None,
+        fanout_secs: 10.0,
     };
     let mut write = None;
     let mut it = args.iter();
@@ -127,6 +136,15 @@ fn parse(args: &[String]) -> Result<Plan, String> {
                 plan.idle_conns = 2_000;
                 plan.hold_conns = 2_000;
                 plan.hold_secs = 3.0;
+                plan.fanout_secs = 2.0;
+            }
+            "--rate" => {
+                let v = it.next().ok_or("--rate needs a number of publications per second")?;
+                let rate: u32 = v.parse().map_err(|_| format!("--rate: not a number: {v:?}"))?;
+                if rate == 0 || rate > 1_000_000 {
+                    return Err("--rate must be between 1 and 1000000".into());
+                }
+                plan.rate = Some(rate);
             }
             "--write" => write = Some(true),
             "--only" => {
@@ -149,6 +167,22 @@ fn parse(args: &[String]) -> Result<Plan, String> {
     }
     plan.write = write.unwrap_or(!plan.quick && plan.only.is_none());
     Ok(plan)
+}
+
+impl Plan {
+    /// The fan-out scenarios of this run: F1 and F10 with one and two nodes; `--quick` runs F1
+    /// on one node once (unless `--only` names the scenarios).
+    fn fanout(&self) -> bench_fanout::Plan {
+        let quick = self.quick && self.only.is_none();
+        bench_fanout::Plan {
+            scenarios: bench_fanout::scenarios(self.fanout_secs, self.rate)
+                .into_iter()
+                .filter(|s| self.wants(s.id) && (!quick || s.id == "F1"))
+                .collect(),
+            reps: if self.quick { 1 } else { self.reps },
+            two_nodes: !self.quick,
+        }
+    }
 }
 
 /// One measurement of one target.
@@ -354,11 +388,30 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         }
         results.push((sc, samples));
     }
+    let fanout_plan = plan.fanout();
+    let fanout = if fanout_plan.scenarios.is_empty() {
+        Vec::new()
+    } else {
+        let fan_env =
+            bench_fanout::Env { bins: &env.bins, work: &work, auth: &auth, token: &env.token };
+        bench_fanout::run(&fan_env, &fanout_plan)?
+    };
     let machine = machine();
-    let report =
-        Report { plan: &plan, results: &results, machine: &machine, baselines: &env.baselines };
+    let report = Report {
+        plan: &plan,
+        results: &results,
+        fanout: &fanout,
+        machine: &machine,
+        baselines: &env.baselines,
+    };
     let md = report.markdown();
-    println!("\n{}\n{}\n{}", report.baselines(), report.glance(), report.table());
+    println!(
+        "\n{}\n{}\n{}{}",
+        report.baselines(),
+        report.glance(),
+        report.table(),
+        bench_fanout::table(&fanout)
+    );
     if plan.write {
         let docs = root().join("docs");
         fs::write(docs.join("benchmarks.md"), md)
@@ -373,7 +426,9 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     }
     let _ = fs::remove_dir_all(&work);
     println!("xtask bench: finished in {:.0?}", started.elapsed());
-    let errors: f64 = results.iter().flat_map(|(_, s)| s.iter()).map(|(_, s)| s.errors).sum();
+    let errors: f64 =
+        results.iter().flat_map(|(_, s)| s.iter()).map(|(_, s)| s.errors).sum::<f64>()
+            + bench_fanout::errors(&fanout);
     if errors > 0.0 {
         return Err(format!("{errors} load generator errors; see the lines above"));
     }
@@ -680,13 +735,13 @@ impl Rs256 {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root().join("target"))
 }
 
 /// The benchmark configuration: the defaults (every layer on), with the limits that would
 /// refuse a benchmark from one machine raised (connection caps, per-IP rates, session caps).
-fn write_config(
+pub(crate) fn write_config(
     work: &Path,
     name: &str,
     max_connections: usize,
@@ -959,7 +1014,7 @@ fn describe(sc: &Scenario, s: &Sample) -> String {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> Result<f64, String> {
+pub(crate) fn cpu_secs(pid: u32) -> Result<f64, String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -982,7 +1037,7 @@ fn rss_kib(pid: u32) -> Result<f64, String> {
 }
 
 /// A number field of a flat JSON object line, e.g. `"errors":0`.
-fn field(line: &str, key: &str) -> Option<f64> {
+pub(crate) fn field(line: &str, key: &str) -> Option<f64> {
     let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = line[at..].trim_start();
     let end = rest.find([',', '}']).unwrap_or(rest.len());
@@ -990,7 +1045,7 @@ fn field(line: &str, key: &str) -> Option<f64> {
 }
 
 /// A string field of a flat JSON object line (simple escapes only); `None` for null.
-fn field_str(line: &str, key: &str) -> Option<String> {
+pub(crate) fn field_str(line: &str, key: &str) -> Option<String> {
     let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = line[at..].trim_start().strip_prefix('"')?;
     let mut out = String::new();
@@ -1060,7 +1115,7 @@ fn svg_chart(caption: &str, panels: &[Panel]) -> String {
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -1092,6 +1147,8 @@ fn machine() -> String {
 struct Report<'a> {
     plan: &'a Plan,
     results: &'a [(Scenario, Vec<(Target, Sample)>)],
+    /// F1 and F10 (channel fan-out), when run.
+    fanout: &'a [bench_fanout::Run],
     machine: &'a str,
     /// Each baseline's pre-check (empty when no scenario had baselines).
     baselines: &'a [(Target, BaselineStatus)],
@@ -1313,6 +1370,7 @@ impl Report<'_> {
         out.push_str(&self.targets());
         out.push_str("\n## Runs\n\n");
         out.push_str(&self.table());
+        out.push_str(&bench_fanout::table(self.fanout));
         out
     }
 
@@ -1557,6 +1615,12 @@ impl Report<'_> {
             }
             out.push_str(if i + 1 < self.results.len() { "    ]},\n" } else { "    ]}\n" });
         }
+        out.push_str("  ],\n  \"fanout\": [\n");
+        let fanout = bench_fanout::json(self.fanout);
+        if !fanout.is_empty() {
+            out.push_str(&fanout);
+            out.push('\n');
+        }
         out.push_str("  ]\n}\n");
         out
     }
@@ -1626,7 +1690,8 @@ mod tests {
             (Target::SecureRs256, sample(1000.0, None)),
         ];
         let results = vec![(sc, samples)];
-        let report = Report { plan: &plan, results: &results, machine: "test", baselines: &[] };
+        let report =
+            Report { plan: &plan, results: &results, fanout: &[], machine: "test", baselines: &[] };
         let targets = report.targets();
         assert!(
             targets.contains(
@@ -1698,7 +1763,13 @@ mod tests {
             (Target::UwsNode, BaselineStatus::Skipped("`node` (Node.js) is not installed".into())),
             (Target::PythonWebsockets, BaselineStatus::WrongAnswers("1 errors; x".into())),
         ];
-        let report = Report { plan: &plan, results: &results, machine: "m", baselines: &baselines };
+        let report = Report {
+            plan: &plan,
+            results: &results,
+            fanout: &[],
+            machine: "m",
+            baselines: &baselines,
+        };
         let table = report.table();
         assert!(table.contains("| palisade-echo | 900 | 1800 | 0.90 | 1.50 |"), "{table}");
         assert!(table.contains("| tungstenite | 500 | 1000 | 0.50 | 0.83 |"), "{table}");

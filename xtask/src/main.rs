@@ -5,6 +5,7 @@
 
 mod autobahn;
 mod bench;
+mod bench_fanout;
 mod bench_restart;
 mod fuzz;
 mod jwks;

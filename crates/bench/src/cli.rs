@@ -24,6 +24,9 @@ pub enum Command {
     /// N held clients that reconnect on close (full-jitter backoff) plus new connections per
     /// second, while the server restarts; counts attempts, failures and reconnect times.
     Reconnect(ReconnectArgs),
+    /// N `palisade.v1` subscribers of one channel (round-robin over the URLs) and R
+    /// publications per second through the first node's admin API; deliveries, gaps, latency.
+    Fanout(FanoutArgs),
 }
 
 /// Options common to every mode.
@@ -127,6 +130,44 @@ pub struct ReconnectArgs {
     pub connect_concurrency: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct FanoutArgs {
+    /// Secure endpoint URLs, `ws://host:port/path`, comma-separated (one per node);
+    /// subscriber i connects to URL i % len.
+    #[arg(long = "url", value_delimiter = ',', required = true)]
+    pub urls: Vec<String>,
+    /// Token sent in the `auth` envelope.
+    #[arg(long)]
+    pub token: String,
+    /// The admin API publications go to, `host:port` (of the first node).
+    #[arg(long)]
+    pub admin: String,
+    /// Admin bearer token (`admin.token_file`), if the admin API wants one.
+    #[arg(long)]
+    pub admin_token: Option<String>,
+    /// Channel to subscribe and publish to (the token or `channels.public` must allow it).
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Number of subscribers.
+    #[arg(long)]
+    pub subscribers: usize,
+    /// Publications per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Seconds of publishing (fractions allowed).
+    #[arg(long, value_parser = parse_secs, default_value = "10")]
+    pub duration: Duration,
+    /// Longest wait for the last deliveries after the last publication, in seconds.
+    #[arg(long, value_parser = parse_secs, default_value = "5")]
+    pub drain: Duration,
+    /// Source addresses; subscriber i binds `SOURCES[i % len]:0`.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    pub sources: Vec<IpAddr>,
+    /// Subscribers being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
 /// Seconds as a non-negative decimal number, e.g. `0.5`.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
@@ -191,6 +232,27 @@ mod tests {
         .unwrap();
         let Command::Reconnect(a) = cli.command else { panic!("reconnect") };
         assert_eq!((a.clients, a.new_per_sec, a.backoff_base_ms), (2000, 50, 500));
+
+        let cli = Cli::try_parse_from([
+            "palisade-load",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1/,ws://127.0.0.1:2/",
+            "--token",
+            "t",
+            "--admin",
+            "127.0.0.1:3",
+            "--subscribers",
+            "1000",
+        ])
+        .unwrap();
+        let Command::Fanout(a) = cli.command else { panic!("fanout") };
+        assert_eq!(a.urls.len(), 2);
+        assert_eq!(
+            (a.rate, a.duration, a.channel.as_str()),
+            (1000, Duration::from_secs(10), "bench")
+        );
+        assert_eq!(a.admin_token, None);
 
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("abc").is_err());

@@ -46,6 +46,8 @@ pub struct Conn {
 pub struct Open {
     pub target: Target,
     pub token: Option<String>,
+    /// Subprotocol to offer at the upgrade; the server must select it.
+    pub protocol: Option<String>,
     /// Spare room kept in the read buffer before each read.
     pub read_spare: usize,
 }
@@ -76,7 +78,7 @@ impl Conn {
             Conn { stream, rx: Decoder::new(opts.read_spare), tx: Encoder::new(seed), written: 0 };
         let key = handshake::new_key();
         conn.stream
-            .write_all(handshake::request(target, &key).as_bytes())
+            .write_all(handshake::request_with(target, &key, opts.protocol.as_deref()).as_bytes())
             .await
             .map_err(|e| format!("sending the upgrade request: {e}"))?;
         loop {
@@ -92,6 +94,14 @@ impl Conn {
             if let Some(head) =
                 handshake::parse_response(&conn.rx.buf, &key).map_err(|e| e.to_string())?
             {
+                if let Some(want) = &opts.protocol {
+                    let got = handshake::header(&conn.rx.buf[..head], "sec-websocket-protocol");
+                    if got.as_deref() != Some(want.as_str()) {
+                        return Err(format!(
+                            "the server did not select subprotocol {want:?} (answered {got:?})"
+                        ));
+                    }
+                }
                 conn.rx.pos = head;
                 break;
             }

@@ -71,11 +71,26 @@ pub fn accept_for(key: &str) -> String {
 
 /// The upgrade request.
 pub fn request(target: &Target, key: &str) -> String {
+    request_with(target, key, None)
+}
+
+/// The upgrade request, offering `protocol` (`Sec-WebSocket-Protocol`) when given.
+pub fn request_with(target: &Target, key: &str, protocol: Option<&str>) -> String {
+    let offer = protocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n",
         target.path, target.authority
     )
+}
+
+/// The value of header `name` (case-insensitive) in a response head, trimmed.
+pub fn header(head: &[u8], name: &str) -> Option<String> {
+    let head = String::from_utf8_lossy(head);
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (n, value) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+    })
 }
 
 /// Why an upgrade response was refused.
@@ -206,5 +221,19 @@ mod tests {
         let req = request(&Target::parse("ws://127.0.0.1:1/a").unwrap(), KEY);
         assert!(req.starts_with("GET /a HTTP/1.1\r\nHost: 127.0.0.1:1\r\n"));
         assert!(req.ends_with(&format!("Sec-WebSocket-Key: {KEY}\r\n\r\n")));
+        let req = request_with(&Target::parse("ws://127.0.0.1:1/").unwrap(), KEY, Some("p.v1"));
+        assert!(req.ends_with(&format!(
+            "Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Protocol: p.v1\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn headers_are_found_case_insensitively() {
+        let head =
+            b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-protocol:  palisade.v1 \r\nX: y";
+        assert_eq!(header(head, "Sec-WebSocket-Protocol").as_deref(), Some("palisade.v1"));
+        assert_eq!(header(head, "x").as_deref(), Some("y"));
+        assert_eq!(header(head, "HTTP/1.1 101 Switching Protocols"), None);
+        assert_eq!(header(head, "missing"), None);
     }
 }

@@ -16,7 +16,10 @@
 //!   held connections, for memory; prints a `ready` line first) and
 //!   `reconnect` (clients that reconnect on close, with the documented
 //!   full-jitter backoff, plus new connections per second, while the server
-//!   restarts: `cargo xtask bench --restart`).
+//!   restarts: `cargo xtask bench --restart`) and `fanout` (N `palisade.v1` subscribers of
+//!   one channel, spread over one or more nodes, and a publication every 1/R s through the
+//!   admin API; delivered publications, gaps and delivery latency: F1 and F10 of
+//!   `cargo xtask bench`).
 //!
 //! ```text
 //! $ tungstenite-echo --listen 127.0.0.1:9001
@@ -31,6 +34,12 @@
 //!       --trickle-ms 1000 --sources 127.0.0.1,127.0.0.2
 //! {"event":"ready","connections":10000,"errors":0}
 //! {"event":"result","mode":"idle","connections":10000,...}
+//! $ palisade-load fanout --url ws://127.0.0.1:8888/ --token JWT --admin 127.0.0.1:9100 \
+//!       --admin-token TOKEN --subscribers 1000 --rate 1000 --duration 10
+//! {"event":"ready","subscribers":1000,"errors":0,"secs":0.4}
+//! {"event":"measure_start"}
+//! {"event":"measure_end"}
+//! {"event":"result","mode":"fanout","subscribers":1000,...,"delivered":10000000,"missing":0,...}
 //! ```
 //!
 //! Against Palisade's echo endpoint pass `--prefix "Server received: "`;
@@ -42,6 +51,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod fanout;
 pub mod frame;
 pub mod handshake;
 pub mod reconnect;

@@ -1,11 +1,12 @@
 //! `palisade-load`: cheap WebSocket load generator for benchmarks (see the
 //! crate documentation). Prints one JSON line on stdout per event (echo and
-//! handshake: `measure_start`, `measure_end`, `result`; idle: `ready`,
-//! `result`); exit
+//! handshake: `measure_start`, `measure_end`, `result`; idle and reconnect: `ready`,
+//! `result`; fanout: `ready`, `measure_start`, `measure_end`, `result`); exit
 //! status 0 even when the run counted errors, 2 on a usage error.
 #![allow(clippy::print_stdout)]
 
 use std::io::Write;
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,7 +41,12 @@ fn open(common: &Common, read_spare: usize) -> Result<Open, String> {
     if common.sources.is_empty() {
         return Err("--sources: at least one address".into());
     }
-    Ok(Open { target: Target::parse(&common.url)?, token: common.token.clone(), read_spare })
+    Ok(Open {
+        target: Target::parse(&common.url)?,
+        token: common.token.clone(),
+        protocol: None,
+        read_spare,
+    })
 }
 
 fn positive(name: &str, n: usize) -> Result<(), String> {
@@ -112,6 +118,48 @@ fn execute(cli: Cli) -> Result<(), String> {
                 connect_concurrency: a.connect_concurrency,
             };
             let run = palisade_bench::reconnect::reconnect(cfg, |ready| emit(&ready));
+            emit(&local.block_on(&rt, run));
+        }
+        Command::Fanout(a) => {
+            positive("--subscribers", a.subscribers)?;
+            positive("--connect-concurrency", a.connect_concurrency)?;
+            positive("--rate", a.rate as usize)?;
+            if a.sources.is_empty() {
+                return Err("--sources: at least one address".into());
+            }
+            let opens = a
+                .urls
+                .iter()
+                .map(|url| {
+                    Ok(Open {
+                        target: Target::parse(url)?,
+                        token: None,
+                        protocol: Some(palisade_bench::fanout::PROTOCOL.into()),
+                        read_spare: 8 * 1024,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let admin = a
+                .admin
+                .to_socket_addrs()
+                .map_err(|e| format!("--admin {}: {e}", a.admin))?
+                .next()
+                .ok_or_else(|| format!("--admin {}: no address", a.admin))?;
+            let cfg = palisade_bench::fanout::FanoutConfig {
+                opens,
+                urls: a.urls,
+                token: a.token,
+                admin,
+                admin_token: a.admin_token,
+                channel: a.channel,
+                sources: a.sources,
+                subscribers: a.subscribers,
+                rate: a.rate,
+                duration: a.duration,
+                drain: a.drain,
+                connect_concurrency: a.connect_concurrency,
+            };
+            let run = palisade_bench::fanout::fanout(cfg, |ready| emit(&ready), |e| emit(&e));
             emit(&local.block_on(&rt, run));
         }
     }
