@@ -10,14 +10,15 @@ use std::future::poll_fn;
 use std::task::Poll;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SlowConsumer;
@@ -227,15 +228,19 @@ impl ConnHandle {
 const MAX_BATCH: usize = 64;
 
 /// Runs one connection to its end and reports how it ended to the handler.
-pub(crate) async fn run<S, H>(
+///
+/// Not an `async fn`: an async fn's future keeps its arguments twice (as passed, and moved into
+/// the body), which for the stream and the handler is over 1 KiB per connection; the block
+/// below uses what it captured in place.
+pub(crate) fn run<'a, S, H>(
     mut ws: WebSocketStream<S>,
     info: ConnInfo,
-    cfg: &TransportConfig,
+    cfg: &'a TransportConfig,
     mut handler: H,
     shutdown: CancellationToken,
-) -> Outcome
+) -> impl Future<Output = Outcome> + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
     H: Handler,
 {
     let limit = cfg.outbound_queue.max(1);
@@ -248,14 +253,16 @@ where
         deadline: None,
         handle: ConnHandle { shared: shared.clone() },
     };
-    let outcome = drive(&mut ws, &mut ctx, &mut handler, &shared, cfg, &shutdown).await;
-    {
-        let mut inbox = shared.lock();
-        inbox.ended = true;
-        inbox.queue = VecDeque::new();
+    async move {
+        let outcome = drive(&mut ws, &mut ctx, &mut handler, &shared, cfg, &shutdown).await;
+        {
+            let mut inbox = shared.lock();
+            inbox.ended = true;
+            inbox.queue = VecDeque::new();
+        }
+        handler.on_close(&info, &outcome);
+        outcome
     }
-    handler.on_close(&info, &outcome);
-    outcome
 }
 
 /// The loop of one connection: opens it, then waits for whichever comes first (shutdown, a push
@@ -602,9 +609,14 @@ async fn feed_pending<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let direct = direct_write_bytes(cfg);
     while let Some(msg) = ctx.pending.pop_front() {
         sent.messages += 1;
         sent.bytes += msg.len();
+        if msg.len() >= direct && ws.get_ref().is_write_vectored() {
+            write_direct(ws, &msg, cfg).await?;
+            continue;
+        }
         // Usually tungstenite's buffer has room: hand the message over without arming the write
         // timer (one per message would cost more than the rest of the echo).
         match poll_fn(|cx| Poll::Ready(ws.poll_ready_unpin(cx))).await {
@@ -646,6 +658,80 @@ where
         Ok(()) => None,
         Err(close) => Some(close_with(ws, handler, close, cfg).await),
     }
+}
+
+/// Messages at least this large (and at least the write buffer's size, past which tungstenite
+/// would write them out on their own anyway) skip tungstenite's write buffer.
+const MIN_DIRECT_WRITE_BYTES: usize = 4 * 1024;
+
+fn direct_write_bytes(cfg: &TransportConfig) -> usize {
+    cfg.write_buffer_bytes.max(MIN_DIRECT_WRITE_BYTES)
+}
+
+/// Longest frame header (tungstenite's `FrameHeader::MAX_SIZE`; a server's, unmasked, takes 10).
+const MAX_HEADER_BYTES: usize = 14;
+
+/// Writes one large data message straight to the socket, within the write timeout: first what
+/// tungstenite holds (earlier replies, a pong), so frames stay in order, then the frame's header
+/// and payload in vectored writes. tungstenite would copy the payload into its write buffer, and
+/// that buffer would keep the largest message's size for the connection's life; here the payload
+/// goes from the application's `Bytes` to the socket. Only called while tungstenite is open
+/// for writing: every path that sends or receives a close ends the connection loop.
+async fn write_direct<S>(
+    ws: &mut WebSocketStream<S>,
+    msg: &Message,
+    cfg: &TransportConfig,
+) -> Result<(), Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (opcode, payload) = match msg {
+        Message::Text(t) => (OpData::Text, t.as_bytes()),
+        Message::Binary(b) => (OpData::Binary, &b[..]),
+    };
+    let header = FrameHeader { opcode: OpCode::Data(opcode), ..FrameHeader::default() };
+    let mut head = [0u8; MAX_HEADER_BYTES];
+    let head_len = header.len(payload.len() as u64);
+    header
+        .format(payload.len() as u64, &mut &mut head[..])
+        .expect("a frame header fits in 14 bytes");
+    let result = timeout(cfg.write_timeout, async {
+        ws.flush().await?;
+        write_frame(ws.get_mut(), &head[..head_len], payload).await.map_err(WsError::Io)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => write_failed(ws, e, cfg).await,
+        Err(_) => {
+            let error = ConnError::SlowConsumer(SlowConsumer::WriteTimedOut);
+            Err(Outcome::Failed { error, close: None })
+        }
+    }
+}
+
+/// Writes a frame's header and payload, vectored while any of the header is left.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    head: &[u8],
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let total = head.len() + payload.len();
+    let mut done = 0;
+    while done < total {
+        let n = if done < head.len() {
+            let parts = [std::io::IoSlice::new(&head[done..]), std::io::IoSlice::new(payload)];
+            w.write_vectored(&parts).await?
+        } else {
+            w.write(&payload[done - head.len()..]).await?
+        };
+        if n == 0 {
+            // As tungstenite reports it: the peer is gone.
+            return Err(std::io::ErrorKind::ConnectionReset.into());
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 fn to_ws(msg: Message) -> WsMessage {

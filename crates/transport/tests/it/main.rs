@@ -160,6 +160,36 @@ async fn echoes_text_and_binary() {
     assert_eq!(wait_outcome(&s.rec).await, "peer None");
 }
 
+/// Messages past the write buffer's size go to the socket directly (header and payload in one
+/// vectored write), small ones through tungstenite's buffer: pipelined, they still arrive whole
+/// and in order.
+#[tokio::test]
+async fn large_and_small_replies_arrive_whole_and_in_order() {
+    let s = start(|c| {
+        c.max_message_bytes = 1 << 20;
+        c.max_frame_bytes = 1 << 20;
+    })
+    .await;
+    let mut ws = connect(s.addr).await;
+    let big_text: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let sent = vec![
+        WsMessage::text("small"),
+        WsMessage::binary((0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()),
+        WsMessage::text(big_text),
+        WsMessage::binary(vec![9u8; 17 * 1024]),
+        WsMessage::text("last"),
+    ];
+    for m in &sent {
+        ws.feed(m.clone()).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for m in &sent {
+        assert_eq!(&ws.next().await.unwrap().unwrap(), m);
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(wait_outcome(&s.rec).await, "peer None");
+}
+
 #[tokio::test]
 async fn handler_close_sends_its_code() {
     let s = start(|_| {}).await;
