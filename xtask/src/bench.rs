@@ -19,7 +19,6 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -901,13 +900,7 @@ fn measure(env: &Env, sc: &Scenario, target: Target) -> Result<Sample, String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
     let mut load = cmd.spawn().map_err(|e| format!("cannot start palisade-load: {e}"))?;
     let load_pid = load.id();
-    let stdout = load.stdout.take().ok_or("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = process::lines_of(load.stdout.take().ok_or("no stdout pipe")?);
     let mut sample = Sample::default();
     let mut cpu_start = None;
     let mut cpu_end = None;

@@ -16,11 +16,10 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -437,13 +436,7 @@ fn load(
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start palisade-load: {e}"))?;
     let load_pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = process::lines_of(child.stdout.take().ok_or("no stdout pipe")?);
     let pids: Vec<u32> = nodes.iter().map(|n| n.process.pid()).collect();
     let cpu = |pids: &[u32]| -> Result<f64, String> {
         pids.iter().map(|p| cpu_secs(*p)).sum::<Result<f64, String>>()

@@ -8,11 +8,10 @@
 //! The figures go into docs/deployment.md by hand.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -223,7 +222,7 @@ fn load_and_upgrade(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start palisade-load: {e}"))?;
-    let lines = lines_of(load.stdout.take().ok_or("no stdout pipe")?);
+    let lines = process::lines_of(load.stdout.take().ok_or("no stdout pipe")?);
     let mut timeline = Vec::new();
     let t0 = Instant::now();
     let ready = lines
@@ -313,17 +312,6 @@ fn upgrade(admin: SocketAddr) -> Result<u32, String> {
         return Err(format!("POST /upgrade refused: {status} {body}"));
     }
     field(body, "pid").map(|p| p as u32).ok_or_else(|| format!("POST /upgrade: no pid in {body}"))
-}
-
-/// Lines of `out`, read on a thread.
-fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
 }
 
 /// The server: the first process is this command's child; after an upgrade `current` is the

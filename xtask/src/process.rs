@@ -3,9 +3,12 @@
 //! `palisade-testkit` (crates/testkit, shared with the server's integration tests); a token comes
 //! from the server's own `token` subcommand.
 
+use std::io::{BufRead, BufReader, Read};
 use std::ops::Deref;
 use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use palisade_testkit::Palisade;
@@ -75,4 +78,15 @@ impl Deref for PalisadeProcess {
     fn deref(&self) -> &Palisade {
         &self.process
     }
+}
+
+/// Lines of `out` (a child's stdout), read on a thread.
+pub(crate) fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
