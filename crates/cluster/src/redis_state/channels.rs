@@ -191,6 +191,35 @@ impl RedisChannels {
         key(&self.shared.keys.prefix, channel, "u:")
     }
 
+    /// The sorted set of one user's subscriptions to `channel`.
+    fn user_key(&self, channel: &str, user_id: &str) -> String {
+        format!("{}{user_id}", self.user_prefix(channel))
+    }
+
+    /// Runs [`JOIN`] (with the entry's TTL) or [`LEAVE`] for one subscription; true when the
+    /// script answers 1 (the user's first, or last, subscription in the channel).
+    fn presence_change<'a>(
+        &'a self,
+        script: &'a Script,
+        channel: &str,
+        user_id: &str,
+        member: &str,
+        ttl_ms: Option<u64>,
+    ) -> BoxFuture<'a, Result<bool, ClusterError>> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.users(channel)).key(self.user_key(channel, user_id));
+        inv.arg(user_id).arg(member);
+        if let Some(ttl) = ttl_ms {
+            inv.arg(ttl);
+        }
+        Box::pin(async move {
+            self.check_up()?;
+            let mut con = self.shared.con.clone();
+            let answer: i64 = self.shared.call(inv.invoke_async(&mut con)).await?;
+            Ok(answer == 1)
+        })
+    }
+
     fn history_ttl_ms(&self) -> u64 {
         self.settings.history_ttl.map_or(0, |t| t.as_millis() as u64)
     }
@@ -367,18 +396,9 @@ impl ChannelStore for RedisChannels {
         user_id: &str,
         member: &str,
     ) -> BoxFuture<'_, Result<bool, ClusterError>> {
-        let users = self.users(channel);
-        let user_key = format!("{}{user_id}", self.user_prefix(channel));
-        let (user_id, member) = (user_id.to_owned(), member.to_owned());
-        Box::pin(async move {
-            self.check_up()?;
-            let s = &self.shared;
-            let mut inv = s.scripts.channels.join.prepare_invoke();
-            inv.key(users).key(user_key).arg(user_id).arg(member).arg(self.presence_ttl_ms());
-            let mut con = s.con.clone();
-            let first: i64 = s.call(inv.invoke_async(&mut con)).await?;
-            Ok(first == 1)
-        })
+        let ttl = self.presence_ttl_ms();
+        let script = &self.shared.scripts.channels.join;
+        self.presence_change(script, channel, user_id, member, Some(ttl))
     }
 
     fn leave(
@@ -387,18 +407,8 @@ impl ChannelStore for RedisChannels {
         user_id: &str,
         member: &str,
     ) -> BoxFuture<'_, Result<bool, ClusterError>> {
-        let users = self.users(channel);
-        let user_key = format!("{}{user_id}", self.user_prefix(channel));
-        let (user_id, member) = (user_id.to_owned(), member.to_owned());
-        Box::pin(async move {
-            self.check_up()?;
-            let s = &self.shared;
-            let mut inv = s.scripts.channels.leave.prepare_invoke();
-            inv.key(users).key(user_key).arg(user_id).arg(member);
-            let mut con = s.con.clone();
-            let last: i64 = s.call(inv.invoke_async(&mut con)).await?;
-            Ok(last == 1)
-        })
+        let script = &self.shared.scripts.channels.leave;
+        self.presence_change(script, channel, user_id, member, None)
     }
 
     fn touch(
@@ -418,12 +428,11 @@ impl ChannelStore for RedisChannels {
             for chunk in entries.chunks(500) {
                 let mut pipe = redis::pipe();
                 for (channel, user_id, member) in chunk {
-                    let user_key = format!("{}{user_id}", self.user_prefix(channel));
                     pipe.cmd("EVALSHA")
                         .arg(s.scripts.channels.join.get_hash())
                         .arg(2)
                         .arg(self.users(channel))
-                        .arg(user_key)
+                        .arg(self.user_key(channel, user_id))
                         .arg(user_id)
                         .arg(member)
                         .arg(ttl)
