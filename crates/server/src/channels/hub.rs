@@ -703,36 +703,35 @@ impl Hub {
     fn deliver_publication(&self, channel: &str, epoch: String, offset: u64, json: Utf8Bytes) {
         let mut inner = self.lock();
         let Some(ch) = inner.channels.get_mut(channel) else { return };
-        let mut lost = 0;
-        for s in ch.subscribers.values_mut() {
-            if let Some(kept) = &mut s.pending {
-                if kept.len() < PENDING_MAX {
-                    kept.push((epoch.clone(), offset, json.clone()));
-                } else {
-                    s.handle.close(CloseCause::InsufficientState.close());
-                }
-            }
-        }
-        if ch.epoch.is_empty() {
-            // Only pending subscribers so far: they set the position.
-            return;
-        }
-        if epoch != ch.epoch || offset > ch.offset + 1 {
-            // A new epoch (Redis lost the channel) or a gap (a message was lost on the way).
-            lost = self.lose_state(ch, channel);
+        // An empty epoch: only pending subscribers so far, and they set the position.
+        let known = !ch.epoch.is_empty();
+        if known && (epoch != ch.epoch || offset > ch.offset + 1) {
+            // A new epoch (Redis lost the channel) or a gap (a message was lost on the way):
+            // the active subscribers go; pending ones compare with Redis's answer.
+            let lost = self.lose_state(ch, channel);
             tracing::warn!(channel, epoch = %epoch, offset, expected = ch.offset + 1, subscribers = lost, "channel publications missed on this node; its subscribers resubscribe");
-            ch.epoch = epoch;
+            ch.epoch.clone_from(&epoch);
             ch.offset = offset;
-        } else if offset == ch.offset + 1 {
+        }
+        let live = known && offset == ch.offset + 1;
+        if live {
             ch.offset = offset;
-            for s in ch.subscribers.values_mut() {
-                if s.pending.is_none() && offset > s.from {
+        }
+        // One pass: pending subscribers keep it, active ones get it unless they have it.
+        for s in ch.subscribers.values_mut() {
+            match &mut s.pending {
+                Some(kept) if kept.len() < PENDING_MAX => {
+                    kept.push((epoch.clone(), offset, json.clone()));
+                }
+                Some(_) => s.handle.close(CloseCause::InsufficientState.close()),
+                None if live && offset > s.from => {
                     s.from = offset;
                     let _ = s.handle.send_as(super::PUBLICATION, Message::Text(json.clone()));
                 }
+                None => {}
             }
         }
-        if lost > 0 && ch.subscribers.is_empty() {
+        if ch.subscribers.is_empty() {
             inner.channels.remove(channel);
         }
     }

@@ -262,6 +262,9 @@ async fn a_redis_outage_refuses_channel_requests_and_lost_history_means_a_new_ep
         assert!(detail.contains("unavailable"), "{detail}");
         refused(&mut gina, json!({"type": "subscribe", "channel": "chat:other", "id": 10}), "unavailable").await;
         refused(&mut hank, json!({"type": "presence", "channel": "chat:o", "id": 11}), "unavailable").await;
+        refused(&mut hank, json!({"type": "history", "channel": "chat:o", "id": 12}), "unavailable").await;
+        assert_eq!(b.get("/channels/chat:o/presence").await.status, 503);
+        assert_eq!(b.delete("/channels/chat:o").await.status, 503);
         let resp = a.post("/channels/chat:o/publish", "3").await;
         assert_eq!(resp.status, 503, "{}", resp.body);
         assert!(resp.body.contains("retry when redis is reachable"), "{}", resp.body);
@@ -329,6 +332,41 @@ async fn subscribers_joining_during_a_stream_get_everything_after_their_position
         for r in readers.collect::<Vec<_>>() {
             r.await.expect("each subscriber saw every publication after its position, once, in order");
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_in_a_new_epoch_sends_the_subscribers_to_resubscribe() {
+    bounded(60, async {
+        let Some((redis, nodes)) = cluster(2, "channels.history_size = 10") else { return };
+        let grants = json!({"chat:*": all_rights()});
+        let mut ivy = login(&nodes[0], "ivy", grants.clone()).await;
+        let mut jon = login(&nodes[1], "jon", grants.clone()).await;
+        let epoch = subscribe(&mut ivy, "chat:f").await["epoch"].as_str().expect("epoch").to_owned();
+        subscribe(&mut jon, "chat:f").await;
+        assert_eq!(publish_own(&mut ivy, "chat:f", json!(1)).await, 1);
+        assert_eq!(publication(&mut jon, "chat:f").await["offset"], 1);
+
+        // Redis loses everything while the nodes stay connected (no outage to notice): the
+        // next publication opens a new epoch, and every node sees the change in the stream.
+        let mut con = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("redis");
+        std::io::Write::write_all(&mut con, b"*1\r\n$8\r\nFLUSHALL\r\n").expect("FLUSHALL");
+        let mut ok = [0u8; 5];
+        std::io::Read::read_exact(&mut con, &mut ok).expect("FLUSHALL answer");
+        assert_eq!(&ok, b"+OK\r\n");
+        let mut kim = login(&nodes[0], "kim", grants.clone()).await;
+        assert_eq!(publish(&mut kim, "chat:f", json!("new")).await, 1);
+        for ws in [&mut ivy, &mut jon] {
+            expect_state_lost(ws).await;
+        }
+        // Resubscribing from the old position says what happened.
+        let request = json!({"type": "subscribe", "channel": "chat:f", "id": 3, "since": {"epoch": epoch, "offset": 1}});
+        let back = ask(&mut kim, request, "subscribed").await;
+        assert_eq!((&back["recovered"], &back["offset"]), (&json!(false), &json!(1)), "{back}");
+        assert_ne!(back["epoch"], epoch.as_str());
+        let metrics = nodes[1].get("/metrics").await.body;
+        assert!(metrics.contains("palisade_channel_state_lost_total 1"), "{metrics}");
     })
     .await;
 }
